@@ -1,0 +1,15 @@
+"""Experiment factories. Each public function returns ``fdl.Config[Experiment]``.
+
+``--fdl_config=NAME`` resolves NAME (or ``experiments.NAME``) among the
+functions listed in ``EXPERIMENTS``; ``--fiddler=NAME`` among ``FIDDLERS``.
+These modules must not import torch_xla: resolving, overriding and validating
+a config never starts an XLA runtime.
+"""
+
+from experiments.fiddlers import bfloat16, quick
+from experiments.llama import llama_8b, llama_70b, llama_405b, llama_tiny, llama_tiny_smoke
+
+EXPERIMENTS = (llama_tiny, llama_tiny_smoke, llama_8b, llama_70b, llama_405b)
+FIDDLERS = (bfloat16, quick)
+
+__all__ = [f.__name__ for f in (*EXPERIMENTS, *FIDDLERS)] + ["EXPERIMENTS", "FIDDLERS"]

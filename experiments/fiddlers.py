@@ -1,0 +1,21 @@
+"""Fiddlers: named edits applied with ``--fiddler=NAME`` after the experiment.
+
+A fiddler takes the ``fdl.Config[Experiment]`` and mutates it in place.
+"""
+
+from __future__ import annotations
+
+import fiddle as fdl
+
+from xlafw.experiment import Experiment
+
+
+def bfloat16(cfg: fdl.Config[Experiment]) -> None:
+    """Train in bfloat16 (parameters and activations)."""
+    cfg.trainer.dtype = "bfloat16"
+
+
+def quick(cfg: fdl.Config[Experiment]) -> None:
+    """A 5-step run that logs every step: for checking a set-up end to end."""
+    cfg.trainer.max_steps = 5
+    cfg.trainer.log_every = 1

@@ -1,0 +1,137 @@
+"""Llama experiments, from a CPU-sized model to Llama 3.1 405B.
+
+Launch (from the repository root; ``make -s python-path`` prints the interpreter):
+
+    python -m xlafw.main --fdl_config=experiments.llama_tiny
+    python -m xlafw.main --fdl_config=llama_tiny --fdl.trainer.max_steps=50
+    python -m xlafw.main --fdl_config=llama_8b --dry_run
+
+Every function returns an unbuilt ``fdl.Config[Experiment]``; experiments
+inherit by calling another and changing fields.
+"""
+
+from __future__ import annotations
+
+import fiddle as fdl
+
+from xlafw.data import (
+    SHAKESPEARE_TEXTS,
+    DataPipeline,
+    HuggingFaceTokenizer,
+    SentencePieceTokenizer,
+    TextFiles,
+)
+from xlafw.experiment import Experiment, TrainerSettings
+from xlafw.models import Llama3RopeScaling, LlamaConfig, LlamaForCausalLM
+from xlafw.optim import AdamW, WarmupCosine
+from xlafw.parallel import AxisSizes, Mesh, RematPolicy, ShardingRules
+
+
+def _llama(**config) -> fdl.Partial:
+    return fdl.Partial(LlamaForCausalLM, config=fdl.Config(LlamaConfig, **config))
+
+
+def _experiment(model: fdl.Partial, data: fdl.Partial) -> fdl.Config[Experiment]:
+    return fdl.Config(
+        Experiment,
+        model=model,
+        optimizer=fdl.Partial(AdamW, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1),
+        lr_schedule=fdl.Partial(WarmupCosine, warmup_steps=100, min_ratio=0.1),
+        data=data,
+        mesh=fdl.Config(Mesh, ici=fdl.Config(AxisSizes, fsdp=-1), dcn=fdl.Config(AxisSizes)),
+        sharding=fdl.Config(ShardingRules),
+        remat=fdl.Config(RematPolicy),
+        trainer=fdl.Config(TrainerSettings),
+    )
+
+
+def llama_tiny() -> fdl.Config[Experiment]:
+    """CPU default: a 19M-parameter Llama 3 style model on Shakespeare."""
+    model = _llama(
+        vocab_size=32000,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        max_position_embeddings=2048,
+    )
+    data = fdl.Partial(
+        DataPipeline,
+        source=fdl.Config(TextFiles, paths=(SHAKESPEARE_TEXTS,)),
+        tokenizer=fdl.Config(SentencePieceTokenizer),
+        seq_len=256,
+        global_batch_size=8,
+    )
+    cfg = _experiment(model, data)
+    cfg.optimizer.lr = 3e-3
+    cfg.lr_schedule.warmup_steps = 20
+    cfg.trainer.max_steps = 200
+    cfg.trainer.log_every = 10
+    return cfg
+
+
+def llama_tiny_smoke() -> fdl.Config[Experiment]:
+    """llama_tiny shrunk for tests and quick checks: 2 narrow layers, 20 steps."""
+    cfg = llama_tiny()
+    cfg.model.config.hidden_size = 64
+    cfg.model.config.intermediate_size = 172
+    cfg.model.config.num_hidden_layers = 2
+    cfg.model.config.num_attention_heads = 4
+    cfg.model.config.num_key_value_heads = 2
+    cfg.data.seq_len = 64
+    cfg.data.global_batch_size = 4
+    cfg.lr_schedule.warmup_steps = 5
+    cfg.trainer.max_steps = 20
+    cfg.trainer.log_every = 5
+    return cfg
+
+
+def llama_8b() -> fdl.Config[Experiment]:
+    """Llama 3.1 8B, FSDP over every chip, sequence 8192 (TPU pod slice)."""
+    model = _llama(
+        vocab_size=128256,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=fdl.Config(Llama3RopeScaling),
+    )
+    data = fdl.Partial(
+        DataPipeline,
+        source=fdl.Config(TextFiles, paths=(SHAKESPEARE_TEXTS,)),
+        tokenizer=fdl.Config(HuggingFaceTokenizer, name_or_path="meta-llama/Llama-3.1-8B"),
+        seq_len=8192,
+        global_batch_size=256,
+    )
+    cfg = _experiment(model, data)
+    cfg.trainer.dtype = "bfloat16"
+    cfg.trainer.max_steps = 1000
+    cfg.remat.checkpoint_modules = ("LlamaDecoderLayer",)
+    cfg.remat.optimization_barrier_modules = ("LlamaDecoderLayer",)
+    return cfg
+
+
+def llama_70b() -> fdl.Config[Experiment]:
+    """Llama 3.1 70B: llama_8b's recipe at 80 layers and width 8192."""
+    cfg = llama_8b()
+    cfg.model.config.hidden_size = 8192
+    cfg.model.config.intermediate_size = 28672
+    cfg.model.config.num_hidden_layers = 80
+    cfg.model.config.num_attention_heads = 64
+    cfg.data.tokenizer.name_or_path = "meta-llama/Llama-3.1-70B"
+    return cfg
+
+
+def llama_405b() -> fdl.Config[Experiment]:
+    """Llama 3.1 405B: 126 layers, width 16384, 128 heads."""
+    cfg = llama_8b()
+    cfg.model.config.hidden_size = 16384
+    cfg.model.config.intermediate_size = 53248
+    cfg.model.config.num_hidden_layers = 126
+    cfg.model.config.num_attention_heads = 128
+    cfg.data.tokenizer.name_or_path = "meta-llama/Llama-3.1-405B"
+    return cfg

@@ -1,0 +1,42 @@
+"""Test set-up: the real XLA CPU backend, offline hubs, repository on sys.path.
+
+The environment is fixed before anything imports torch_xla. Tests that need a
+different runtime (SPMD on 8 virtual devices) run it in a subprocess through
+``run_xlafw``, because torch_xla's runtime is fixed once a process starts it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PJRT_DEVICE", "CPU")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_MODE", "offline")
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def run_xlafw(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
+    """Runs ``python -m xlafw.main ARGS`` from the repository root; returns the CompletedProcess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "xlafw.main", *args],
+        cwd=ROOT,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def xlafw_cli():
+    return run_xlafw

@@ -1,0 +1,130 @@
+"""Experiment resolution, typed overrides and validation: the CLI's config path."""
+
+from __future__ import annotations
+
+import time
+
+import fiddle as fdl
+import pytest
+
+from xlafw.config import ConfigError, build_config, validate
+from xlafw.experiment import Experiment
+
+
+def test_bare_and_package_qualified_names_resolve_to_the_same_experiment():
+    assert build_config("llama_tiny") == build_config("experiments.llama_tiny")
+
+
+def test_experiment_name_is_the_function_name():
+    assert build_config("llama_tiny_smoke").name == "llama_tiny_smoke"
+
+
+def test_inherited_experiment_changes_only_what_it_sets():
+    base, child = build_config("llama_tiny"), build_config("llama_tiny_smoke")
+    assert child.model.config.hidden_size == 64
+    assert child.model.config.vocab_size == base.model.config.vocab_size
+    assert child.optimizer.lr == base.optimizer.lr
+
+
+def test_sets_are_parsed_by_the_field_annotation():
+    cfg = build_config(
+        "llama_tiny",
+        sets=[
+            "trainer.max_steps=30",
+            "optimizer.lr=1e-3",
+            "trainer.dtype=bfloat16",  # str-like Literal: no quoting needed
+            "trainer.run_dir=/tmp/some run",  # plain str: no quoting needed
+            "trainer.max_grad_norm=None",
+            "optimizer.betas=(0.9,0.99)",
+        ],
+    )
+    assert cfg.trainer.max_steps == 30 and isinstance(cfg.trainer.max_steps, int)
+    assert cfg.optimizer.lr == 1e-3
+    assert cfg.trainer.dtype == "bfloat16"
+    assert cfg.trainer.run_dir == "/tmp/some run"
+    assert cfg.trainer.max_grad_norm is None
+    assert cfg.optimizer.betas == (0.9, 0.99)
+
+
+def test_fiddler_applies_before_sets():
+    cfg = build_config("llama_tiny", fiddlers=["quick"], sets=["trainer.max_steps=7"])
+    assert cfg.trainer.log_every == 1 and cfg.trainer.max_steps == 7
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("trainer.max_stepz=3", "did you mean trainer.max_steps"),
+        ("model.config.hiden_size=3", "did you mean model.config.hidden_size"),
+        ("mesh.ici.fsdp='8'", "expected int"),
+        ("trainer.dtype=float16", "'float32', 'bfloat16'"),
+        ("mesh.ici=3", "sub-config"),
+        ("optimizer.lr=fast", "expected float"),
+    ],
+)
+def test_bad_override_names_path_and_fix(override, expected):
+    with pytest.raises(ConfigError) as err:
+        build_config("llama_tiny", sets=[override])
+    assert override.split("=")[0] in str(err.value)
+    assert expected.lower() in str(err.value).lower()
+
+
+def test_every_bad_override_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        build_config("llama_tiny", sets=["trainer.max_stepz=3", "optimizer.lr=fast"])
+    assert len(err.value.problems) == 2
+
+
+def test_unknown_experiment_and_fiddler_get_suggestions():
+    with pytest.raises(ConfigError, match="Did you mean llama_tiny"):
+        build_config("llama_tiy")
+    with pytest.raises(ConfigError, match="Did you mean quick"):
+        build_config("llama_tiny", fiddlers=["quik"])
+
+
+def test_validation_reports_every_problem_at_once():
+    cfg = build_config(
+        "llama_tiny",
+        sets=["model.config.num_key_value_heads=3", "data.seq_len=4096", "mesh.ici.tensor=3"],
+    )
+    with pytest.raises(ConfigError) as err:
+        validate(cfg, num_devices=8)
+    text = str(err.value)
+    assert "num_key_value_heads=3" in text
+    assert "max_position_embeddings" in text
+    assert "does not divide 8 devices" in text
+
+
+def test_global_batch_must_divide_over_data_parallel_axes():
+    cfg = build_config("llama_tiny", sets=["data.global_batch_size=6"])
+    with pytest.raises(ConfigError, match="data x fsdp = 8"):
+        validate(cfg, num_devices=8)
+
+
+def test_every_shipped_experiment_builds_into_an_experiment():
+    import experiments
+
+    for fn in experiments.EXPERIMENTS:
+        cfg = build_config(fn.__name__)
+        assert isinstance(fdl.build(cfg), Experiment), fn.__name__
+
+
+def test_cli_fdl_set_and_fdl_dot_spelling_are_equivalent(xlafw_cli):
+    a = xlafw_cli(
+        "--fdl_config=experiments.llama_tiny", "--fdl_set=trainer.max_steps=30", "--print_config"
+    )
+    b = xlafw_cli("--fdl_config=llama_tiny", "--fdl.trainer.max_steps=30", "--print_config")
+    assert a.returncode == 0 and b.returncode == 0, a.stderr + b.stderr
+    assert "trainer.max_steps: int = 30" in a.stdout
+    assert a.stdout == b.stdout
+
+
+def test_cli_user_error_exits_2_fast_without_starting_xla(xlafw_cli):
+    start = time.monotonic()
+    proc = xlafw_cli("--fdl_config=llama_tiny", "--fdl.trainer.max_stepz=3")
+    elapsed = time.monotonic() - start
+    assert proc.returncode == 2
+    assert "did you mean trainer.max_steps" in proc.stderr.lower()
+    assert "Traceback" not in proc.stderr
+    assert "XLA runtime" not in proc.stdout + proc.stderr
+    assert elapsed < 15  # generous: CI shares 2 cores; typically ~3 s

@@ -1,0 +1,64 @@
+"""AdamW with update clipping, gradient clipping and LR schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from xlafw.optim import AdamW, Constant, WarmupCosine, clip_grad_norm
+
+
+def test_warmup_cosine_ramps_up_then_decays_to_the_floor():
+    schedule = WarmupCosine(total_steps=110, warmup_steps=10, min_ratio=0.1)
+    values = [schedule(torch.tensor(s)).item() for s in (1, 5, 10, 60, 110, 200)]
+    # warm-up 0.1, 0.5, 1.0; halfway through the decay (1 + 0.1) / 2; then the floor.
+    expected = [0.1, 0.5, 1.0, 0.55, 0.1, 0.1]
+    assert all(math.isclose(v, e, rel_tol=1e-6) for v, e in zip(values, expected, strict=False)), (
+        values
+    )
+
+
+def _twin_params(seed=0):
+    torch.manual_seed(seed)
+    w = torch.randn(4, 3)
+    return torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+
+
+def test_adamw_without_update_clip_matches_torch_adamw():
+    ours, theirs = _twin_params()
+    opt = AdamW([ours], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, update_clip=None)
+    ref = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
+    for step in range(5):
+        grad = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        opt.step()
+        ref.step()
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_update_clip_bounds_the_rms_of_each_update():
+    (p, _) = _twin_params()
+    before = p.detach().clone()
+    opt = AdamW([p], lr=1.0, weight_decay=0.0, update_clip=0.5)
+    p.grad = torch.randn(4, 3)
+    opt.step()  # first Adam update has |u| ~ 1 everywhere, so RMS ~ 1 before clipping
+    update = before - p.detach()
+    assert math.isclose(update.pow(2).mean().sqrt().item(), 0.5, rel_tol=1e-4)
+
+
+def test_weight_decay_skips_vectors():
+    vector = torch.nn.Parameter(torch.ones(3))
+    opt = AdamW([vector], lr=0.1, weight_decay=1.0, schedule=Constant())
+    vector.grad = torch.zeros(3)
+    opt.step()
+    torch.testing.assert_close(vector.detach(), torch.ones(3))
+
+
+def test_clip_grad_norm_returns_the_preclip_norm_and_scales_to_max():
+    a, b = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([0.0, 4.0])
+    norm = clip_grad_norm([a, b], max_norm=1.0)
+    assert math.isclose(norm.item(), 5.0)
+    total = torch.cat([a.grad, b.grad]).norm().item()
+    assert math.isclose(total, 1.0, rel_tol=1e-5)

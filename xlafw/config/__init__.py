@@ -1,0 +1,8 @@
+"""Config system: resolve, override, validate, print. Never imports torch_xla."""
+
+from xlafw.config.errors import ConfigError
+from xlafw.config.loading import build_config, load_config_file
+from xlafw.config.overrides import apply_override
+from xlafw.config.validation import validate
+
+__all__ = ["ConfigError", "apply_override", "build_config", "load_config_file", "validate"]

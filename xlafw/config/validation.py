@@ -1,0 +1,121 @@
+"""Checks on the unbuilt experiment config, all at once, before any device.
+
+Every check reads the Fiddle graph only; nothing here imports torch_xla or
+builds a model. ``validate`` collects every problem and raises one
+``ConfigError`` listing them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+
+import fiddle as fdl
+from fiddle import daglish
+
+from xlafw.config.errors import ConfigError
+from xlafw.config.overrides import owner_name, parameters
+from xlafw.parallel.mesh import Mesh, MeshError
+
+# Arguments the trainer supplies when it completes a partially specified builder.
+RUNTIME_SUPPLIED = {"params", "schedule", "total_steps", "host"}
+
+
+def detected_device_count() -> int | None:
+    """The device count implied by the environment, without starting XLA.
+
+    On XLA's CPU backend it is ``CPU_NUM_DEVICES`` (default 1). On TPU the
+    count is only known to the runtime; pass ``--num_devices`` to check a
+    mesh before launching.
+    """
+    if os.environ.get("PJRT_DEVICE", "CPU").upper() == "CPU":
+        return int(os.environ.get("CPU_NUM_DEVICES", "1"))
+    return None
+
+
+def _missing_required(cfg: fdl.Buildable) -> Iterator[str]:
+    for value, path in daglish.iterate(cfg):
+        if not isinstance(value, fdl.Buildable):
+            continue
+        params, _ = parameters(value)
+        for name, param in params.items():
+            if param.default is param.empty and name not in value.__arguments__:
+                if isinstance(value, fdl.Partial) and name in RUNTIME_SUPPLIED:
+                    continue
+                where = daglish.path_str(path).lstrip(".")
+                yield (
+                    f"{where + '.' if where else ''}{name} is required by "
+                    f"{owner_name(value)} but not set. Fix: set it in the experiment "
+                    f"or with --fdl_set={where + '.' if where else ''}{name}=..."
+                )
+
+
+def _model_checks(cfg: fdl.Config) -> Iterator[str]:
+    model = cfg.model.config
+    heads, kv = model.num_attention_heads, model.num_key_value_heads
+    if heads % kv:
+        yield (
+            f"model.config.num_attention_heads={heads} is not divisible by "
+            f"num_key_value_heads={kv}. Fix: choose kv heads that divide the heads."
+        )
+    if model.head_dim is None and model.hidden_size % heads:
+        yield (
+            f"model.config.hidden_size={model.hidden_size} is not divisible by "
+            f"num_attention_heads={heads}. Fix: change one, or set model.config.head_dim."
+        )
+    seq = cfg.data.seq_len
+    if seq > model.max_position_embeddings:
+        yield (
+            f"data.seq_len={seq} exceeds model.config.max_position_embeddings="
+            f"{model.max_position_embeddings}. Fix: shorten the sequence or raise the limit."
+        )
+
+
+def _trainer_checks(cfg: fdl.Config) -> Iterator[str]:
+    trainer = cfg.trainer
+    for name in ("max_steps", "log_every"):
+        if getattr(trainer, name) < 1:
+            yield f"trainer.{name}={getattr(trainer, name)} must be >= 1."
+    if cfg.data.seq_len < 2:
+        yield f"data.seq_len={cfg.data.seq_len} must be >= 2 (one input, one target)."
+    if cfg.data.global_batch_size < 1:
+        yield f"data.global_batch_size={cfg.data.global_batch_size} must be >= 1."
+
+
+def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
+    if num_devices is None:
+        return
+    mesh: Mesh = fdl.build(cfg.mesh)
+    try:
+        axes = mesh.resolve(num_devices)
+    except MeshError as e:
+        yield f"mesh: {e}"
+        return
+    batch_ways = axes["data"] * axes["fsdp"]
+    if cfg.data.global_batch_size % batch_ways:
+        yield (
+            f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by the "
+            f"data-parallel ways (data x fsdp = {batch_ways}). Fix: use a multiple of {batch_ways}."
+        )
+    if num_devices > 1 and math.prod(axes.values()) == 1:
+        yield "mesh resolved to a single device although several exist."
+
+
+def validate(cfg: fdl.Config, num_devices: int | None = None) -> None:
+    """Raises ``ConfigError`` listing every problem in ``cfg``.
+
+    Args:
+      cfg: the experiment config, overrides applied.
+      num_devices: devices to check the mesh against; None uses the count the
+        environment implies (and skips the mesh check where none is implied).
+    """
+    problems = list(_missing_required(cfg))
+    if problems:  # later checks read required fields
+        raise ConfigError(problems)
+    if num_devices is None:
+        num_devices = detected_device_count()
+    for check in (_trainer_checks(cfg), _model_checks(cfg), _mesh_checks(cfg, num_devices)):
+        problems.extend(check)
+    if problems:
+        raise ConfigError(problems)

@@ -1,0 +1,92 @@
+"""The typed ``Experiment`` the trainer consumes.
+
+An experiment function returns ``fdl.Config[Experiment]``. Building it yields
+an ``Experiment`` of *partially specified* builders: each is completed by the
+trainer with what only exists at run time (see DESIGN.md, "The typed
+builders"):
+
+==============  ==========================================  =====================
+field           built value                                 trainer supplies
+==============  ==========================================  =====================
+model           ``() -> nn.Module``                         dtype, XLA device
+mesh            ``Mesh`` (axis sizes)                       the device count
+sharding        ``ShardingRules``                           the model, the mesh
+remat           ``RematPolicy``                             the model
+optimizer       ``(params, schedule=...) -> Optimizer``     parameters, schedule
+lr_schedule     ``(total_steps=...) -> schedule``           ``trainer.max_steps``
+data            ``(host=...) -> DataPipeline``              process index/count
+trainer         ``TrainerSettings``                         --
+==============  ==========================================  =====================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+
+from xlafw.data.pipeline import DataPipeline
+from xlafw.parallel import Mesh, RematPolicy, ShardingRules
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """How long to train and what to report.
+
+    Attributes:
+      max_steps: optimizer steps to run in total (a restart continues to it).
+      steps_per_epoch: steps in one pass over the data, for the logged epoch;
+        None when the stream's length is unknown (the usual case when streaming).
+      log_every: log metrics every this many steps; reading them never adds a
+        graph or a recompilation.
+      seed: seeds Python, NumPy, torch and the XLA RNG.
+      dtype: parameter and activation dtype of the model.
+      max_grad_norm: clip gradients to this global L2 norm; None disables.
+      run_dir: where the run writes its config and metrics. ``{experiment}`` is
+        replaced by the experiment's name.
+    """
+
+    max_steps: int = 100
+    steps_per_epoch: int | None = None
+    log_every: int = 10
+    seed: int = 42
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    max_grad_norm: float | None = 1.0
+    run_dir: str = "runs/{experiment}"
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """Everything one training run needs, as builders.
+
+    Attributes:
+      model: builds the model (a ``fdl.Partial`` of a model class).
+      optimizer: builds the optimizer from parameters and a ``schedule``.
+      lr_schedule: builds the LR schedule from ``total_steps``.
+      data: builds this host's data pipeline from a ``HostShard``.
+      mesh: the device mesh's axis sizes.
+      sharding: parameter and activation sharding rules.
+      remat: what to recompute in the backward pass.
+      trainer: loop length, logging, seed, dtype, clipping, run directory.
+      name: the experiment's name; set by the resolver to the function name.
+    """
+
+    model: Callable[[], torch.nn.Module]
+    optimizer: Callable[..., torch.optim.Optimizer]
+    lr_schedule: Callable[..., Callable[[torch.Tensor], torch.Tensor]]
+    data: Callable[..., DataPipeline]
+    mesh: Mesh = Mesh()
+    sharding: ShardingRules = ShardingRules()
+    remat: RematPolicy = RematPolicy()
+    trainer: TrainerSettings = TrainerSettings()
+    name: str = "experiment"
+
+    @property
+    def run_dir(self) -> str:
+        return self.trainer.run_dir.format(experiment=self.name)

@@ -1,0 +1,219 @@
+"""Llama 3 style decoder-only transformer, a plain ``nn.Module``.
+
+Parameter names match Hugging Face's ``LlamaForCausalLM`` (``model.layers.N.
+self_attn.q_proj.weight`` ...), so sharding rules read like torchprime's and HF
+weights load without renaming.
+
+Weight init: every linear and embedding weight ~ N(0, ``initializer_range``),
+RMSNorm gains = 1, as in Hugging Face's Llama. There are no biases.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xlafw.models.attention import Attention, AttentionKernel, AttentionMasks
+from xlafw.models.rope import Llama3RopeScaling, RotaryEmbedding
+
+IGNORE_INDEX = -100
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+    """Hyper-parameters of a Llama model.
+
+    Attributes:
+      vocab_size: rows of the embedding and the LM head; must be at least the
+        tokenizer's vocabulary.
+      hidden_size: model width.
+      intermediate_size: SwiGLU MLP width.
+      num_hidden_layers: decoder layers.
+      num_attention_heads: query heads.
+      num_key_value_heads: KV heads (grouped-query attention); divides
+        ``num_attention_heads``.
+      head_dim: width of one head; None means ``hidden_size // num_attention_heads``.
+      max_position_embeddings: the longest sequence the model is meant for.
+      rope_theta: RoPE base.
+      rope_scaling: Llama 3.1 frequency scaling, or None for plain RoPE.
+      rms_norm_eps: epsilon of every RMSNorm.
+      initializer_range: std of the normal init of every weight matrix.
+      attention_kernel: which attention implementation runs.
+      is_causal: decoder (True) or bidirectional (False) attention.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int | None = None
+    max_position_embeddings: int = 8192
+    rope_theta: float = 500000.0
+    rope_scaling: Llama3RopeScaling | None = None
+    rms_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+    attention_kernel: AttentionKernel = AttentionKernel.REFERENCE
+    is_causal: bool = True
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_attention_heads
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm, computed in float32."""
+
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nn.Module):
+    """Pre-norm attention block followed by a pre-norm MLP block."""
+
+    def __init__(self, config: LlamaConfig, rotary: RotaryEmbedding):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.resolved_head_dim,
+            rotary,
+            kernel=config.attention_kernel,
+            is_causal=config.is_causal,
+        )
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
+
+    def forward(
+        self, x: torch.Tensor, position_ids: torch.Tensor, masks: AttentionMasks
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), position_ids, masks)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaModel(nn.Module):
+    """Embedding, decoder stack and final norm (no LM head)."""
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # One rotary table shared by every layer; it holds no parameters.
+        rotary = RotaryEmbedding(config.resolved_head_dim, config.rope_theta, config.rope_scaling)
+        self.layers = nn.ModuleList(
+            LlamaDecoderLayer(config, rotary) for _ in range(config.num_hidden_layers)
+        )
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor | None = None,
+        masks: AttentionMasks = AttentionMasks(),
+    ) -> torch.Tensor:
+        if position_ids is None:
+            position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        h = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            h = layer(h, position_ids, masks)
+        return self.norm(h)
+
+
+@dataclasses.dataclass
+class CausalLMOutput:
+    """What a forward pass returns.
+
+    Attributes:
+      loss: mean cross-entropy over target tokens (labels != -100), or None
+        when no labels were given.
+      logits: ``[batch, seq, vocab]`` float32 logits; None when labels were given
+        (the loss path never materializes full-sequence logits).
+      num_target_tokens: how many tokens contributed to the loss.
+    """
+
+    loss: torch.Tensor | None
+    logits: torch.Tensor | None
+    num_target_tokens: torch.Tensor | None
+
+
+class LlamaForCausalLM(nn.Module):
+    """Llama with an untied LM head and a causal-LM loss.
+
+    Args:
+      config: the model's hyper-parameters.
+    """
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> CausalLMOutput:
+        """Runs the model.
+
+        Args:
+          input_ids: ``[batch, seq]`` token ids.
+          labels: ``[batch, seq]`` aligned with ``input_ids`` (position i holds
+            token i; -100 where no loss is wanted). The model shifts them: the
+            hidden state at i predicts label i+1. Hidden states are sliced
+            before the LM head, so the last position's logits are never computed.
+          position_ids: ``[batch, seq]``; defaults to 0..seq-1.
+          attention_mask: ``[batch, seq]``, 1 for real tokens, 0 for padding.
+          segment_ids: ``[batch, seq]`` packed-document ids; attention stays
+            inside a document.
+
+        Returns:
+          The loss (with labels) or the logits (without).
+        """
+        masks = AttentionMasks(padding=attention_mask, segment_ids=segment_ids)
+        h = self.model(input_ids, position_ids, masks)
+        if labels is None:
+            return CausalLMOutput(loss=None, logits=self.lm_head(h).float(), num_target_tokens=None)
+        logits = self.lm_head(h[:, :-1]).float()
+        targets = labels[:, 1:]
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+        )
+        num_targets = (targets != IGNORE_INDEX).sum()
+        return CausalLMOutput(loss=loss, logits=None, num_target_tokens=num_targets)

@@ -1,0 +1,108 @@
+"""AdamW with update clipping and an on-device learning rate.
+
+Differences from ``torch.optim.AdamW``:
+  * The step count and the learning rate live in device tensors, so the whole
+    update is part of the one compiled train-step graph and a changing LR
+    never recompiles it.
+  * Update clipping (Adafactor's ``clip_threshold``, Shazeer & Stern 2018):
+    each parameter's Adam update ``m_hat / (sqrt(v_hat) + eps)`` is scaled down
+    so its RMS is at most ``update_clip``. It tames the spikes that follow rare
+    large gradients, which global-norm gradient clipping alone does not.
+  * Weight decay is decoupled and applies to matrices only (``ndim >= 2``):
+    never to norm gains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+
+from xlafw.optim.schedules import Constant
+
+Schedule = Callable[[torch.Tensor], torch.Tensor]
+
+
+class AdamW(torch.optim.Optimizer):
+    """AdamW whose state and learning rate stay on the device.
+
+    Args:
+      params: the parameters to optimize.
+      lr: peak learning rate; the schedule multiplies it.
+      betas: Adam's moment decay rates.
+      eps: added to ``sqrt(v_hat)``.
+      weight_decay: decoupled decay, applied to matrices only.
+      update_clip: maximum RMS of one parameter's Adam update; None disables.
+      schedule: maps the 1-based step tensor to a multiplier of ``lr``. The
+        trainer passes the experiment's schedule.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.nn.Parameter],
+        lr: float = 3e-4,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: float = 1e-8,
+        weight_decay: float = 0.1,
+        update_clip: float | None = 1.0,
+        schedule: Schedule = Constant(),
+    ):
+        if lr < 0 or eps <= 0 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"invalid AdamW hyper-parameters: lr={lr} betas={betas} eps={eps}")
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        self.update_clip = update_clip
+        self.schedule = schedule
+        self.last_lr: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                step = state["step"]
+                step.add_(1)
+                lr = group["lr"] * self.schedule(step)
+                self.last_lr = lr
+                grad = p.grad
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                m_hat = exp_avg / (1 - beta1**step)
+                v_hat = exp_avg_sq / (1 - beta2**step)
+                update = m_hat / (v_hat.sqrt() + group["eps"])
+                if self.update_clip is not None:
+                    rms = update.float().pow(2).mean().sqrt()
+                    update = update / (rms / self.update_clip).clamp(min=1.0).to(update.dtype)
+                if group["weight_decay"] and p.ndim >= 2:
+                    p.mul_(1 - lr * group["weight_decay"])
+                p.sub_(lr.to(p.dtype) * update)
+        return loss
+
+
+def clip_grad_norm(
+    parameters: Iterable[torch.nn.Parameter], max_norm: float | None
+) -> torch.Tensor:
+    """Scales gradients so their global L2 norm is at most ``max_norm``.
+
+    Unlike ``torch.nn.utils.clip_grad_norm_`` this never reads a value on the
+    host, so it stays inside the compiled step.
+
+    Returns:
+      The global norm before clipping (a device scalar).
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.stack([g.float().pow(2).sum() for g in grads]).sum().sqrt()
+    if max_norm is not None and max_norm > 0:
+        scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.to(g.dtype))
+    return total

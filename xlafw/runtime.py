@@ -1,0 +1,89 @@
+"""The XLA runtime: device, SPMD mode, process index and count.
+
+This is the only module that changes torch_xla's process-wide state. Import it
+only after the config has been validated: importing torch_xla is cheap, but
+the runtime it starts is fixed for the life of the process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+
+os.environ.setdefault("PJRT_DEVICE", "CPU")
+
+import torch_xla
+import torch_xla.core.xla_model as xm
+import torch_xla.debug.metrics as met
+import torch_xla.runtime as xr
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeInfo:
+    """What this process sees of the runtime.
+
+    Attributes:
+      device: the XLA device tensors are created on.
+      device_type: ``CPU`` or ``TPU`` (PJRT's name).
+      num_devices: global device count.
+      process_index: this host's rank.
+      process_count: number of hosts.
+      spmd: whether SPMD mode is on (one program over every device).
+    """
+
+    device: torch.device
+    device_type: str
+    num_devices: int
+    process_index: int
+    process_count: int
+    spmd: bool
+
+
+def start(spmd: bool) -> RuntimeInfo:
+    """Starts the runtime, in SPMD mode when asked; returns what it sees."""
+    if spmd:
+        xr.use_spmd()
+    num_devices = xr.global_runtime_device_count()  # initializes the PJRT client
+    info = RuntimeInfo(
+        device=torch_xla.device(),
+        device_type=xr.device_type(),
+        num_devices=num_devices,
+        process_index=xr.process_index(),
+        process_count=xr.process_count(),
+        spmd=spmd,
+    )
+    log.info(
+        "XLA runtime: %s x%d, process %d/%d, spmd=%s",
+        info.device_type,
+        info.num_devices,
+        info.process_index,
+        info.process_count,
+        spmd,
+    )
+    return info
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy, torch (CPU) and the XLA RNG."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch_xla.manual_seed(seed)
+
+
+def rendezvous(tag: str) -> None:
+    """Waits until every process reaches ``tag`` (no-op with one process)."""
+    if xr.process_count() > 1:
+        xm.rendezvous(tag)
+
+
+def compile_count() -> int:
+    """XLA compilations so far in this process (cache misses)."""
+    return int(met.counter_value("UncachedCompile") or 0)
