@@ -7,9 +7,25 @@ a config never starts an XLA runtime.
 """
 
 from experiments.fiddlers import bfloat16, quick
-from experiments.llama import llama_8b, llama_70b, llama_405b, llama_tiny, llama_tiny_smoke
+from experiments.llama import (
+    llama_8b,
+    llama_8b_fsdp_tp,
+    llama_70b,
+    llama_405b,
+    llama_tiny,
+    llama_tiny_smoke,
+    llama_tiny_spmd,
+)
 
-EXPERIMENTS = (llama_tiny, llama_tiny_smoke, llama_8b, llama_70b, llama_405b)
+EXPERIMENTS = (
+    llama_tiny,
+    llama_tiny_smoke,
+    llama_tiny_spmd,
+    llama_8b,
+    llama_8b_fsdp_tp,
+    llama_70b,
+    llama_405b,
+)
 FIDDLERS = (bfloat16, quick)
 
 __all__ = [f.__name__ for f in (*EXPERIMENTS, *FIDDLERS)] + ["EXPERIMENTS", "FIDDLERS"]

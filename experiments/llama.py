@@ -25,10 +25,15 @@ from xlafw.experiment import Experiment, TrainerSettings
 from xlafw.models import Llama3RopeScaling, LlamaConfig, LlamaForCausalLM
 from xlafw.optim import AdamW, WarmupCosine
 from xlafw.parallel import AxisSizes, Mesh, RematPolicy, ShardingRules
+from xlafw.parallel.rules import LLAMA_FSDP, LLAMA_FSDP_TP
 
 
 def _llama(**config) -> fdl.Partial:
     return fdl.Partial(LlamaForCausalLM, config=fdl.Config(LlamaConfig, **config))
+
+
+def _rules(rules: ShardingRules) -> fdl.Config[ShardingRules]:
+    return fdl.Config(ShardingRules, parameters=rules.parameters, activations=rules.activations)
 
 
 def _experiment(model: fdl.Partial, data: fdl.Partial) -> fdl.Config[Experiment]:
@@ -58,12 +63,13 @@ def llama_tiny() -> fdl.Config[Experiment]:
     )
     data = fdl.Partial(
         DataPipeline,
-        source=fdl.Config(TextFiles, paths=(SHAKESPEARE_TEXTS,)),
+        source=fdl.Config(TextFiles, paths=(SHAKESPEARE_TEXTS,), shuffle_buffer=10_000),
         tokenizer=fdl.Config(SentencePieceTokenizer),
         seq_len=256,
         global_batch_size=8,
     )
     cfg = _experiment(model, data)
+    cfg.sharding = _rules(LLAMA_FSDP)  # used when CPU_NUM_DEVICES > 1: FSDP over all
     cfg.optimizer.lr = 3e-3
     cfg.lr_schedule.warmup_steps = 20
     cfg.trainer.max_steps = 200
@@ -84,6 +90,15 @@ def llama_tiny_smoke() -> fdl.Config[Experiment]:
     cfg.lr_schedule.warmup_steps = 5
     cfg.trainer.max_steps = 20
     cfg.trainer.log_every = 5
+    return cfg
+
+
+def llama_tiny_spmd() -> fdl.Config[Experiment]:
+    """llama_tiny on 8 devices, FSDP 4 x tensor 2 (CPU: CPU_NUM_DEVICES=8)."""
+    cfg = llama_tiny()
+    cfg.mesh.ici.fsdp = 4
+    cfg.mesh.ici.tensor = 2
+    cfg.sharding = _rules(LLAMA_FSDP_TP)
     return cfg
 
 
@@ -108,10 +123,19 @@ def llama_8b() -> fdl.Config[Experiment]:
         global_batch_size=256,
     )
     cfg = _experiment(model, data)
+    cfg.sharding = _rules(LLAMA_FSDP)
     cfg.trainer.dtype = "bfloat16"
     cfg.trainer.max_steps = 1000
     cfg.remat.checkpoint_modules = ("LlamaDecoderLayer",)
     cfg.remat.optimization_barrier_modules = ("LlamaDecoderLayer",)
+    return cfg
+
+
+def llama_8b_fsdp_tp() -> fdl.Config[Experiment]:
+    """Llama 3.1 8B with 2-D sharding: tensor parallel 4 inside FSDP over the rest."""
+    cfg = llama_8b()
+    cfg.mesh.ici.tensor = 4
+    cfg.sharding = _rules(LLAMA_FSDP_TP)
     return cfg
 
 
@@ -134,4 +158,6 @@ def llama_405b() -> fdl.Config[Experiment]:
     cfg.model.config.num_hidden_layers = 126
     cfg.model.config.num_attention_heads = 128
     cfg.data.tokenizer.name_or_path = "meta-llama/Llama-3.1-405B"
+    cfg.mesh.ici.tensor = 4
+    cfg.sharding = _rules(LLAMA_FSDP_TP)
     return cfg

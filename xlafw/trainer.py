@@ -33,7 +33,6 @@ from fiddle import printing
 from fiddle.experimental import serialization
 
 from xlafw.config import validate
-from xlafw.data.pipeline import HostShard
 from xlafw.experiment import Experiment
 from xlafw.metrics import StepLogger, StepMetrics
 
@@ -143,8 +142,9 @@ class Trainer:
         self.num_parameters = total
 
         stage(7, parallel_apply.patch_linears(self.model, self.rt))
-        self.input_sharding, message = parallel_apply.shard(self.model, exp, self.rt)
-        stage(8, message)
+        sharded = parallel_apply.shard(self.model, exp, self.rt)
+        self.input_sharding = sharded.input_sharding
+        stage(8, sharded.summary)
         stage(9, parallel_apply.mark_pure_modules(self.model, exp.remat))
         stage(10, parallel_apply.apply_checkpointing(self.model, exp.remat))
         stage(11, parallel_apply.add_optimization_barriers(self.model, exp.remat))
@@ -154,7 +154,7 @@ class Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         stage(12, "optimizer %s, schedule %s", type(self.optimizer).__name__, schedule)
 
-        self.data = exp.data(host=HostShard(self.rt.process_index, self.rt.process_count))
+        self.data = exp.data(host=sharded.data_shard)
         import torch_xla
 
         torch_xla.sync()  # materialize the initialized (and sharded) parameters

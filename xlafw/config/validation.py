@@ -12,14 +12,20 @@ import os
 from collections.abc import Iterator
 
 import fiddle as fdl
+import torch
 from fiddle import daglish
 
-from xlafw.config.errors import ConfigError
+from xlafw.config.errors import ConfigError, suggest
 from xlafw.config.overrides import owner_name, parameters
 from xlafw.parallel.mesh import Mesh, MeshError
+from xlafw.parallel.sharding import check_rules
 
 # Arguments the trainer supplies when it completes a partially specified builder.
 RUNTIME_SUPPLIED = {"params", "schedule", "total_steps", "host"}
+
+
+def _backend() -> str:
+    return os.environ.get("PJRT_DEVICE", "CPU").upper()
 
 
 def detected_device_count() -> int | None:
@@ -29,7 +35,7 @@ def detected_device_count() -> int | None:
     count is only known to the runtime; pass ``--num_devices`` to check a
     mesh before launching.
     """
-    if os.environ.get("PJRT_DEVICE", "CPU").upper() == "CPU":
+    if _backend() == "CPU":
         return int(os.environ.get("CPU_NUM_DEVICES", "1"))
     return None
 
@@ -90,7 +96,12 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
     try:
         axes = mesh.resolve(num_devices)
     except MeshError as e:
-        yield f"mesh: {e}"
+        hint = (
+            " On XLA's CPU backend, set CPU_NUM_DEVICES to the device count you want."
+            if _backend() == "CPU"
+            else ""
+        )
+        yield f"mesh: {e}{hint}"
         return
     batch_ways = axes["data"] * axes["fsdp"]
     if cfg.data.global_batch_size % batch_ways:
@@ -98,8 +109,39 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
             f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by the "
             f"data-parallel ways (data x fsdp = {batch_ways}). Fix: use a multiple of {batch_ways}."
         )
-    if num_devices > 1 and math.prod(axes.values()) == 1:
-        yield "mesh resolved to a single device although several exist."
+    if math.prod(mesh.dcn.as_tuple()) > 1 and _backend() == "CPU":
+        yield (
+            f"mesh.dcn={mesh.dcn.as_tuple()} spans several slices, which needs a multi-slice "
+            f"TPU (xs.HybridMesh reads the TPU topology). Fix: on CPU keep every DCN axis at 1."
+        )
+
+
+def meta_model(cfg: fdl.Config) -> torch.nn.Module:
+    """Builds the experiment's model on the meta device: shapes only, no memory."""
+    with torch.device("meta"):
+        return fdl.build(cfg.model)()
+
+
+def _model_tree_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
+    """Sharding rules and remat policy against the real module tree."""
+    model = meta_model(cfg)
+    classes = {type(m).__name__ for m in model.modules()}
+    remat = cfg.remat
+    for field in ("checkpoint_modules", "optimization_barrier_modules"):
+        for name in getattr(remat, field):
+            if name not in classes:
+                yield (
+                    f"remat.{field} names {name!r}, which is not a module class of the model."
+                    f"{suggest(name, classes)} Classes: {', '.join(sorted(classes))}."
+                )
+    if num_devices is None:
+        return
+    try:
+        axes = fdl.build(cfg.mesh).resolve(num_devices)
+    except MeshError:
+        return  # reported by the mesh checks
+    for problem in check_rules(model, fdl.build(cfg.sharding), axes):
+        yield f"sharding: {problem}"
 
 
 def validate(cfg: fdl.Config, num_devices: int | None = None) -> None:
@@ -115,7 +157,13 @@ def validate(cfg: fdl.Config, num_devices: int | None = None) -> None:
         raise ConfigError(problems)
     if num_devices is None:
         num_devices = detected_device_count()
-    for check in (_trainer_checks(cfg), _model_checks(cfg), _mesh_checks(cfg, num_devices)):
+    checks = (
+        _trainer_checks(cfg),
+        _model_checks(cfg),
+        _mesh_checks(cfg, num_devices),
+        _model_tree_checks(cfg, num_devices),
+    )
+    for check in checks:
         problems.extend(check)
     if problems:
         raise ConfigError(problems)

@@ -24,10 +24,16 @@ class TextFiles:
       paths: files or globs; ``pkg:`` paths name files inside installed packages.
       sample_by: what one document is: a ``line``, a ``paragraph`` (text
         between blank lines) or a whole ``document`` (file).
+      shuffle_buffer: documents held in the shuffle buffer; 0 keeps file order.
+        The shuffle is seeded, so the stream is the same on every run and a
+        resumed run can replay it to the exact document.
+      seed: seed of the shuffle (file order and buffer).
     """
 
     paths: tuple[str, ...]
     sample_by: Literal["line", "paragraph", "document"] = "paragraph"
+    shuffle_buffer: int = 0
+    seed: int = 0
 
     def resolved_paths(self) -> list[str]:
         return [p for pattern in self.paths for p in files.resolve(pattern)]
@@ -46,6 +52,8 @@ class TextFiles:
             streaming=True,
         )
         stream = split_dataset_by_node(stream, rank=process_index, world_size=process_count)
+        if self.shuffle_buffer:
+            stream = stream.shuffle(seed=self.seed, buffer_size=self.shuffle_buffer)
         for row in stream:
             text = row["text"]
             if text.strip():

@@ -6,15 +6,19 @@ The config-side classes live beside this module and import no torch_xla.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 
 import numpy as np
 import torch
 import torch_xla.distributed.spmd as xs
 
+from xlafw.data.pipeline import HostShard
 from xlafw.experiment import Experiment
-from xlafw.parallel.mesh import AXIS_NAMES, Mesh
+from xlafw.parallel.mesh import AXIS_NAMES, Mesh, host_data_shard
 from xlafw.parallel.remat import RematPolicy
+from xlafw.parallel.sharding import Spec, ways
 from xlafw.runtime import RuntimeInfo
 
 
@@ -42,40 +46,88 @@ def patch_linears(model: torch.nn.Module, rt: RuntimeInfo) -> str:
 
 
 def build_mesh(mesh: Mesh, num_devices: int) -> xs.Mesh:
-    """Builds the torch_xla mesh; a hybrid (ICI x DCN) mesh when DCN axes > 1."""
+    """Builds the torch_xla mesh; a hybrid (ICI x DCN) mesh when DCN axes > 1.
+
+    ``xs.HybridMesh`` reads the TPU topology, so multi-slice meshes exist only
+    on TPU; validation rejects DCN axes > 1 elsewhere.
+    """
     sizes = mesh.resolve(num_devices)
-    if any(s > 1 for s in mesh.dcn.as_tuple()):
-        ici = tuple(sizes[a] // d for a, d in zip(AXIS_NAMES, mesh.dcn.as_tuple(), strict=False))
-        return xs.HybridMesh(
-            ici_mesh_shape=ici, dcn_mesh_shape=mesh.dcn.as_tuple(), axis_names=AXIS_NAMES
-        )
+    dcn = mesh.dcn.as_tuple()
+    if math.prod(dcn) > 1:
+        ici = tuple(sizes[a] // d for a, d in zip(AXIS_NAMES, dcn, strict=False))
+        return xs.HybridMesh(ici_mesh_shape=ici, dcn_mesh_shape=dcn, axis_names=AXIS_NAMES)
     shape = tuple(sizes[a] for a in AXIS_NAMES)
     return xs.Mesh(np.arange(num_devices), shape, AXIS_NAMES)
 
 
-def shard(model: torch.nn.Module, exp: Experiment, rt: RuntimeInfo):
-    """Builds and sets the global mesh, shards parameters by the rules.
+@dataclasses.dataclass(frozen=True)
+class Sharded:
+    """What sharding the model decided for the rest of the run.
 
-    Returns:
-      ``(input_sharding, log line)``; the input sharding is None on one device.
+    Attributes:
+      input_sharding: how batches are laid out on arrival (None on one device).
+      data_shard: which part of the global batch this host reads.
+      summary: the startup log line.
+    """
+
+    input_sharding: xs.ShardingSpec | None
+    data_shard: HostShard
+    summary: str
+
+
+def _annotate_output(mesh: xs.Mesh, spec: Spec):
+    def hook(module, args, output):
+        return xs.mark_sharding_with_gradients(output, mesh, spec)
+
+    return hook
+
+
+def shard(model: torch.nn.Module, exp: Experiment, rt: RuntimeInfo) -> Sharded:
+    """Builds and sets the global mesh; shards parameters and activations by the rules.
+
+    Parameters get plain ``mark_sharding`` (gradient-sharding annotations on
+    parameters make Mixtral OOM, pytorch/xla#8809); matched modules' outputs get
+    ``mark_sharding_with_gradients`` through a forward hook, which annotates the
+    backward too and leaves parameter names unchanged.
     """
     if not rt.spmd:
-        return None, "single device: no mesh, parameters unsharded"
+        return Sharded(
+            None,
+            HostShard(rt.process_index, rt.process_count),
+            "single device: no mesh, parameters unsharded",
+        )
     mesh = build_mesh(exp.mesh, rt.num_devices)
     xs.set_global_mesh(mesh)
-    sharded = 0
+    axis_sizes = dict(mesh.shape())
+    per_device = total = 0
     for name, param in model.named_parameters():
         spec = exp.sharding.spec_for(name)
-        if spec is not None:
+        pieces = 1
+        if spec:
             xs.mark_sharding(param, mesh, spec)
-            sharded += 1
-    batch_axes = ("data", "fsdp")
-    seq_axis = "context" if mesh.shape()["context"] > 1 else None
-    input_sharding = xs.ShardingSpec(mesh, (batch_axes, seq_axis))
-    return input_sharding, (
-        f"mesh {dict(mesh.shape())} over devices {list(mesh.device_ids)}; "
-        f"{sharded} parameters sharded by rules; inputs {(batch_axes, seq_axis)}"
+            pieces = math.prod(ways(e, axis_sizes) for e in spec)
+        nbytes = param.numel() * param.element_size()
+        total += nbytes
+        per_device += nbytes // pieces
+    hooked = 0
+    for name, module in model.named_modules():
+        spec = exp.sharding.activation_spec_for(name) if name else None
+        if spec is not None:
+            module.register_forward_hook(_annotate_output(mesh, spec))
+            hooked += 1
+    seq_axis = "context" if axis_sizes["context"] > 1 else None
+    input_spec = (("data", "fsdp"), seq_axis)
+    # Each host supplies only its rows when there are several hosts.
+    input_sharding = xs.ShardingSpec(mesh, input_spec, minibatch=rt.process_count > 1)
+    ids = np.asarray(mesh.device_ids).reshape(mesh.mesh_shape)
+    rank, world = host_data_shard(ids, rt.num_devices // rt.process_count, rt.process_index)
+    summary = (
+        f"mesh {axis_sizes} over devices {[int(d) for d in mesh.device_ids]}; parameters "
+        f"{total / 2**20:,.1f} MiB total, {per_device / 2**20:,.1f} MiB per device; "
+        f"{hooked} modules with activation sharding; inputs sharded {input_spec}, "
+        f"this host reads data split {rank}/{world}"
     )
+    return Sharded(input_sharding, HostShard(rank, world), summary)
 
 
 def _matching(model: torch.nn.Module, class_names: tuple[str, ...]) -> list[torch.nn.Module]:

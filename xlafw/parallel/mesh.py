@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 AXIS_NAMES = ("data", "fsdp", "tensor", "context", "expert")
 
 
@@ -79,3 +81,68 @@ class Mesh:
     def needs_spmd(self, num_devices: int) -> bool:
         """True when the mesh spans more than one device."""
         return math.prod(self.resolve(num_devices).values()) > 1
+
+
+def hybrid_device_ids(ici: tuple[int, ...], dcn: tuple[int, ...]) -> np.ndarray:
+    """Device ids of a multi-slice mesh, shaped ``ici[i] * dcn[i]`` per axis.
+
+    Slice ``s`` owns devices ``[s * per_slice, (s + 1) * per_slice)``. Along each
+    axis the DCN index is the outer part of the coordinate (coordinate
+    ``d * ici[i] + j``), so collectives over an ICI-only axis never leave a slice.
+    On TPU, ``xs.HybridMesh`` additionally orders devices inside a slice by the
+    physical torus; this is the logical arithmetic it builds on.
+    """
+    n = len(ici)
+    per_slice = math.prod(ici)
+    slices = np.arange(math.prod(dcn)).reshape(dcn + (1,) * n)
+    local = np.arange(per_slice).reshape((1,) * n + ici)
+    ids = slices * per_slice + local  # shape dcn + ici
+    interleaved = [k for i in range(n) for k in (i, n + i)]
+    return ids.transpose(interleaved).reshape([d * i for d, i in zip(dcn, ici, strict=False)])
+
+
+def host_data_shard(
+    device_ids: np.ndarray, devices_per_host: int, process_index: int
+) -> tuple[int, int]:
+    """Which part of the global batch one host must read.
+
+    The batch dimension is split over ``data`` x ``fsdp``: device ``d`` at mesh
+    coordinate ``(data=a, fsdp=f, ...)`` holds batch shard ``a * fsdp + f``. A
+    host needs the shards of its own devices (host ``h`` owns device ids
+    ``[h * devices_per_host, (h + 1) * devices_per_host)``). Hosts that need
+    the same shards (a mesh whose tensor axis spans hosts) read the same data;
+    the others read disjoint data.
+
+    Args:
+      device_ids: the mesh's device ids, shaped by the axes in ``AXIS_NAMES``.
+      devices_per_host: addressable devices per process.
+      process_index: this host.
+
+    Returns:
+      ``(rank, world)``: this host reads data split ``rank`` of ``world``,
+      each ``1/world`` of the global batch.
+
+    Raises:
+      MeshError: when hosts would need overlapping, unequal or non-contiguous
+        parts of the batch.
+    """
+    shape = dict(zip(AXIS_NAMES, device_ids.shape, strict=False))
+    hosts: dict[int, set[int]] = {}
+    for coord, device in np.ndenumerate(device_ids):
+        shard = coord[0] * shape["fsdp"] + coord[1]
+        hosts.setdefault(int(device) // devices_per_host, set()).add(shard)
+    groups = sorted({frozenset(s) for s in hosts.values()}, key=min)
+    total = shape["data"] * shape["fsdp"]
+    sizes = {len(g) for g in groups}
+    covered = sorted(s for g in groups for s in g)
+    if len(sizes) != 1 or covered != list(range(total)):
+        raise MeshError(
+            f"hosts would read overlapping or unequal parts of the batch with mesh "
+            f"{shape}; Fix: order the mesh so each host holds whole batch shards."
+        )
+    for g in groups:
+        if sorted(g) != list(range(min(g), min(g) + len(g))):
+            raise MeshError(
+                f"a host's batch shards {sorted(g)} are not contiguous in mesh {shape}."
+            )
+    return groups.index(frozenset(hosts[process_index])), len(groups)

@@ -1,24 +1,63 @@
 """Sharding rules: parameter-name patterns to partition specs over mesh axes.
 
-A rule's pattern matches a parameter's name with layer indices abstracted
-(``model.layers.*.self_attn.q_proj.weight``). A spec lists, per tensor
-dimension, the mesh axis (or tuple of axes) it is split over, or None.
+A rule's pattern matches a parameter's (or module's) name segment by segment
+(split on dots; ``fnmatch`` wildcards inside a segment, so ``*`` never spans
+a dot): ``model.layers.*`` matches each decoder layer but not the modules
+inside it, and ``model.layers.*.mlp.up_proj.weight`` matches that weight in
+every layer. A spec lists, per
+tensor dimension, the mesh axis (or tuple of axes) it is split over, or None.
+An empty spec ``()`` replicates explicitly.
+
+``check_rules`` tests rules against a model built on the meta device, so a
+rule that matches nothing, a parameter no rule covers, an unknown axis or an
+indivisible dimension is reported before anything runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import re
+from collections.abc import Mapping
+
+import torch
 
 Spec = tuple[str | tuple[str, ...] | None, ...]
 
-_LAYER_INDEX = re.compile(r"\.\d+\.")
+_LAYER_INDEX = re.compile(r"(^|\.)\d+(?=\.|$)")
 
 
 def abstract_name(name: str) -> str:
     """``model.layers.3.mlp.up_proj.weight`` -> ``model.layers.*.mlp.up_proj.weight``."""
-    return _LAYER_INDEX.sub(".*.", name)
+    return _LAYER_INDEX.sub(r"\1*", name)
+
+
+def matches(name: str, pattern: str) -> bool:
+    """Whether ``name`` matches ``pattern`` segment by segment."""
+    parts, wanted = name.split("."), pattern.split(".")
+    return len(parts) == len(wanted) and all(
+        fnmatch.fnmatchcase(p, w) for p, w in zip(parts, wanted, strict=False)
+    )
+
+
+def spec_axes(spec: Spec) -> list[str]:
+    """The mesh axes a spec names, in order."""
+    axes: list[str] = []
+    for entry in spec:
+        if isinstance(entry, str):
+            axes.append(entry)
+        elif entry is not None:
+            axes.extend(entry)
+    return axes
+
+
+def ways(entry: str | tuple[str, ...] | None, axis_sizes: Mapping[str, int]) -> int:
+    """How many pieces one spec entry splits a dimension into."""
+    if entry is None:
+        return 1
+    names = (entry,) if isinstance(entry, str) else entry
+    return math.prod(axis_sizes[n] for n in names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,30 +66,91 @@ class ShardingRules:
 
     Attributes:
       parameters: ``(pattern, spec)`` pairs; the first pattern matching a
-        parameter's abstracted name wins. A parameter no rule matches is
-        replicated.
-      activations: ``(module pattern, spec)`` pairs; the matched modules'
-        outputs (and their gradients) are annotated with the spec.
+        parameter's abstracted name wins.
+      activations: ``(module pattern, spec)`` pairs; each matched module's
+        output (and its gradient) is annotated with the spec.
     """
 
     parameters: tuple[tuple[str, Spec], ...] = ()
     activations: tuple[tuple[str, Spec], ...] = ()
 
+    @staticmethod
+    def _first(rules, name: str) -> Spec | None:
+        return next((s for p, s in rules if matches(name, p)), None)
+
     def spec_for(self, name: str) -> Spec | None:
-        """Returns the spec of the first rule matching ``name``, or None."""
-        abstract = abstract_name(name)
-        for pattern, spec in self.parameters:
-            if fnmatch.fnmatchcase(abstract, pattern):
-                return spec
-        return None
+        """The spec of the first parameter rule matching ``name``, or None."""
+        return self._first(self.parameters, name)
+
+    def activation_spec_for(self, module_name: str) -> Spec | None:
+        """The spec of the first activation rule matching ``module_name``, or None."""
+        return self._first(self.activations, module_name)
 
     def mesh_axes(self) -> set[str]:
         """Every mesh axis name the rules refer to."""
-        axes: set[str] = set()
-        for _, spec in (*self.parameters, *self.activations):
-            for entry in spec:
-                if isinstance(entry, str):
-                    axes.add(entry)
-                elif entry is not None:
-                    axes.update(entry)
-        return axes
+        return {a for _, spec in (*self.parameters, *self.activations) for a in spec_axes(spec)}
+
+
+def check_rules(
+    model: torch.nn.Module, rules: ShardingRules, axis_sizes: Mapping[str, int]
+) -> list[str]:
+    """Checks rules against a (meta-device) model; returns the problems found.
+
+    Reports parameters no rule covers (only when the mesh has more than one
+    device), rules that match nothing, axes the mesh does not have, specs whose
+    length differs from the tensor's rank, and dimensions not divisible by the
+    number of ways they are split.
+    """
+    problems = []
+    unknown = rules.mesh_axes() - set(axis_sizes)
+    if unknown:
+        problems.append(
+            f"sharding rules name mesh axes {sorted(unknown)} that do not exist; "
+            f"axes are {list(axis_sizes)}."
+        )
+        return problems
+    multi_device = math.prod(axis_sizes.values()) > 1
+    used = set()
+    uncovered = []
+    for name, param in model.named_parameters():
+        abstract = abstract_name(name)
+        match = next(
+            ((i, s) for i, (p, s) in enumerate(rules.parameters) if matches(name, p)),
+            None,
+        )
+        if match is None:
+            uncovered.append(abstract)
+            continue
+        used.add(match[0])
+        index, spec = match
+        if not spec:
+            continue
+        if len(spec) != param.dim():
+            problems.append(
+                f"sharding.parameters[{index}] gives {name} (shape {tuple(param.shape)}) the "
+                f"spec {spec} of rank {len(spec)}; the tensor has rank {param.dim()}."
+            )
+            continue
+        for dim, (size, entry) in enumerate(zip(param.shape, spec, strict=False)):
+            n = ways(entry, axis_sizes)
+            if size % n:
+                problems.append(
+                    f"{name}: dimension {dim} of size {size} is split {n} ways by {entry!r} "
+                    f"(sharding.parameters[{index}]) and is not divisible. Fix: change the "
+                    f"spec or the mesh."
+                )
+    if multi_device and uncovered:
+        shown = sorted(set(uncovered))
+        problems.append(
+            f"{len(shown)} parameter names match no sharding rule and would be replicated on "
+            f"every device: {', '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}. Fix: add "
+            f"rules (use spec () to replicate on purpose)."
+        )
+    for i, (pattern, _) in enumerate(rules.parameters):
+        if i not in used:
+            problems.append(f"sharding.parameters[{i}] ({pattern!r}) matches no parameter.")
+    modules = [n for n, _ in model.named_modules() if n]
+    for i, (pattern, _) in enumerate(rules.activations):
+        if not any(matches(m, pattern) for m in modules):
+            problems.append(f"sharding.activations[{i}] ({pattern!r}) matches no module.")
+    return problems
