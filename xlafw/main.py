@@ -7,6 +7,9 @@ Flags (Fiddle's own, plus xlafw's):
   --fdl_set=PATH=VALUE        set one field (repeatable); also spelled --fdl.PATH=VALUE
   --list                      list experiments and fiddlers, then exit
   --print_config              print the flattened config, then exit
+  --dry_run                   print parameters, memory per device, FLOPs and sharding, then exit
+  --target=v5p-256            check and plan for a TPU slice instead of this machine
+  --num_devices=N             check and plan for N devices
 
 The config is resolved, overridden and validated before torch_xla is
 imported; any user error prints one list of problems and exits with status 2.
@@ -16,20 +19,85 @@ from __future__ import annotations
 
 import sys
 
+import fiddle as fdl
 from absl import app, flags
 from fiddle import absl_flags as fdl_flags  # registers --fdl_config, --fdl_set, ...
 from fiddle import printing
 
 from xlafw.config import ConfigError, build_config, registry, validate
+from xlafw.config.hardware import backend, detected_device_count, resolve_devices
+from xlafw.config.plan import devices_for_dry_run, format_plan, make_plan
 
 FLAGS = flags.FLAGS
 _LIST = flags.DEFINE_bool("list", False, "List experiments and fiddlers with descriptions.")
 _PRINT = flags.DEFINE_bool("print_config", False, "Print the flattened config and exit.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run",
+    False,
+    "Print parameter counts, memory per device, FLOPs and the sharding table; exit. "
+    "Builds the model on the meta device only; never starts XLA.",
+)
+_TARGET = flags.DEFINE_string(
+    "target", None, "Validate and plan for a TPU slice: v4-N, v5e-N (v5litepod-N), v5p-N, v6e-N."
+)
+_NUM_DEVICES = flags.DEFINE_integer(
+    "num_devices", None, "Validate and plan for this many devices instead of the detected ones."
+)
 
 
 def _list() -> None:
     for kind, name, doc in registry.describe_all():
         print(f"{kind:<10} {name:<20} {doc}")
+
+
+def _build() -> fdl.Config:
+    return build_config(
+        FLAGS.fdl_config, FLAGS.fdl_config_file, FLAGS.fiddler or (), FLAGS.fdl_set or ()
+    )
+
+
+def _check_declared_devices_for_training() -> None:
+    """A declared target or count only describes this run when it matches the machine."""
+    if backend() != "CPU":
+        return
+    if _TARGET.value:
+        raise ConfigError(
+            f"--target={_TARGET.value} describes a TPU slice, but PJRT_DEVICE is CPU here. "
+            f"Fix: add --dry_run to plan for it, or launch on the TPU slice."
+        )
+    detected = detected_device_count()
+    if _NUM_DEVICES.value is not None and _NUM_DEVICES.value != detected:
+        raise ConfigError(
+            f"--num_devices={_NUM_DEVICES.value}, but CPU_NUM_DEVICES gives {detected}. Fix: "
+            f"set CPU_NUM_DEVICES={_NUM_DEVICES.value}, or add --dry_run to only plan."
+        )
+
+
+def _dry_run(cfg: fdl.Config) -> None:
+    devices = resolve_devices(_NUM_DEVICES.value, _TARGET.value)
+    if _NUM_DEVICES.value is None and not _TARGET.value:
+        devices = devices_for_dry_run(cfg, devices)
+    # A dry run reports the memory estimate instead of refusing to run.
+    validate(cfg, devices.count, target=_TARGET.value, check_memory=False)
+    print(format_plan(make_plan(cfg, devices)))
+
+
+def _config_to_train() -> fdl.Config | None:
+    """Handles every flag that exits early; returns the config when training should start.
+
+    Raises:
+      ConfigError: for any user error.
+    """
+    cfg = _build()
+    if _PRINT.value:
+        print(printing.as_str_flattened(cfg))
+        return None
+    if _DRY_RUN.value:
+        _dry_run(cfg)
+        return None
+    validate(cfg, _NUM_DEVICES.value, target=_TARGET.value)
+    _check_declared_devices_for_training()
+    return cfg
 
 
 def main(argv: list[str]) -> int:
@@ -39,16 +107,12 @@ def main(argv: list[str]) -> int:
         _list()
         return 0
     try:
-        cfg = build_config(
-            FLAGS.fdl_config, FLAGS.fdl_config_file, FLAGS.fiddler or (), FLAGS.fdl_set or ()
-        )
-        if _PRINT.value:
-            print(printing.as_str_flattened(cfg))
-            return 0
-        validate(cfg)
+        cfg = _config_to_train()
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 2
+    if cfg is None:
+        return 0
     from xlafw import trainer  # imports torch_xla: only after the config is known good
 
     trainer.train(cfg, sys.argv)

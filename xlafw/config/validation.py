@@ -1,14 +1,16 @@
 """Checks on the unbuilt experiment config, all at once, before any device.
 
-Every check reads the Fiddle graph only; nothing here imports torch_xla or
-builds a model. ``validate`` collects every problem and raises one
-``ConfigError`` listing them.
+Every check reads the Fiddle graph, or the model built on the meta device
+(shapes, no memory); nothing here imports torch_xla. ``validate`` collects
+every problem and raises one ``ConfigError`` listing them. The memory check
+compares ``plan.estimate_memory`` with the devices' memory
+(``hardware.resolve_devices``: the TPU type's HBM for ``--target``, else this
+machine's available memory shared by the virtual CPU devices).
 """
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 
 import fiddle as fdl
@@ -16,28 +18,16 @@ import torch
 from fiddle import daglish
 
 from xlafw.config.errors import ConfigError, suggest
+from xlafw.config.hardware import Devices, backend, detected_device_count, resolve_devices
 from xlafw.config.overrides import owner_name, parameters
+from xlafw.config.plan import estimate_memory, human_bytes, meta_model
 from xlafw.parallel.mesh import Mesh, MeshError
 from xlafw.parallel.sharding import check_rules
 
+__all__ = ["detected_device_count", "meta_model", "validate"]
+
 # Arguments the trainer supplies when it completes a partially specified builder.
 RUNTIME_SUPPLIED = {"params", "schedule", "total_steps", "host"}
-
-
-def _backend() -> str:
-    return os.environ.get("PJRT_DEVICE", "CPU").upper()
-
-
-def detected_device_count() -> int | None:
-    """The device count implied by the environment, without starting XLA.
-
-    On XLA's CPU backend it is ``CPU_NUM_DEVICES`` (default 1). On TPU the
-    count is only known to the runtime; pass ``--num_devices`` to check a
-    mesh before launching.
-    """
-    if _backend() == "CPU":
-        return int(os.environ.get("CPU_NUM_DEVICES", "1"))
-    return None
 
 
 def _missing_required(cfg: fdl.Buildable) -> Iterator[str]:
@@ -98,7 +88,7 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
     except MeshError as e:
         hint = (
             " On XLA's CPU backend, set CPU_NUM_DEVICES to the device count you want."
-            if _backend() == "CPU"
+            if backend() == "CPU"
             else ""
         )
         yield f"mesh: {e}{hint}"
@@ -109,22 +99,17 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
             f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by the "
             f"data-parallel ways (data x fsdp = {batch_ways}). Fix: use a multiple of {batch_ways}."
         )
-    if math.prod(mesh.dcn.as_tuple()) > 1 and _backend() == "CPU":
+    if math.prod(mesh.dcn.as_tuple()) > 1 and backend() == "CPU":
         yield (
             f"mesh.dcn={mesh.dcn.as_tuple()} spans several slices, which needs a multi-slice "
             f"TPU (xs.HybridMesh reads the TPU topology). Fix: on CPU keep every DCN axis at 1."
         )
 
 
-def meta_model(cfg: fdl.Config) -> torch.nn.Module:
-    """Builds the experiment's model on the meta device: shapes only, no memory."""
-    with torch.device("meta"):
-        return fdl.build(cfg.model)()
-
-
-def _model_tree_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
+def _model_tree_checks(
+    cfg: fdl.Config, model: torch.nn.Module, num_devices: int | None
+) -> Iterator[str]:
     """Sharding rules and remat policy against the real module tree."""
-    model = meta_model(cfg)
     classes = {type(m).__name__ for m in model.modules()}
     remat = cfg.remat
     for field in ("checkpoint_modules", "optimization_barrier_modules"):
@@ -144,25 +129,61 @@ def _model_tree_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str
         yield f"sharding: {problem}"
 
 
-def validate(cfg: fdl.Config, num_devices: int | None = None) -> None:
+def _memory_checks(cfg: fdl.Config, model: torch.nn.Module, devices: Devices) -> Iterator[str]:
+    """The estimated bytes per device (see ``plan``) against the device's memory."""
+    if devices.memory_bytes is None:
+        return
+    try:
+        axes = fdl.build(cfg.mesh).resolve(devices.count or 1)
+    except MeshError:
+        return  # reported by the mesh checks
+    estimate = estimate_memory(cfg, model, axes)
+    if estimate.total > devices.memory_bytes:
+        yield (
+            f"memory: the estimate is {human_bytes(estimate.total)} per device (parameters "
+            f"{human_bytes(estimate.parameters)}, gradients {human_bytes(estimate.gradients)}, "
+            f"optimizer state {human_bytes(estimate.optimizer_state)}, activations "
+            f"{human_bytes(estimate.activations)}) but each of {devices.description} has "
+            f"{human_bytes(devices.memory_bytes)}. Fix: run with --dry_run to see the "
+            f"breakdown, or pick a smaller experiment such as llama_tiny (or more devices: "
+            f"--target)."
+        )
+
+
+def validate(
+    cfg: fdl.Config,
+    num_devices: int | None = None,
+    *,
+    target: str | None = None,
+    check_memory: bool = True,
+) -> None:
     """Raises ``ConfigError`` listing every problem in ``cfg``.
 
     Args:
       cfg: the experiment config, overrides applied.
       num_devices: devices to check the mesh against; None uses the count the
         environment implies (and skips the mesh check where none is implied).
+      target: a TPU slice name (``v5p-256``) to check against instead of this
+        machine; it sets the device count and the memory per device.
+      check_memory: compare the estimated bytes per device with the device's
+        memory. ``--dry_run`` turns it off because it reports the estimate.
+
+    Raises:
+      ConfigError: with every problem found.
     """
     problems = list(_missing_required(cfg))
     if problems:  # later checks read required fields
         raise ConfigError(problems)
-    if num_devices is None:
-        num_devices = detected_device_count()
-    checks = (
+    devices = resolve_devices(num_devices, target)
+    model = meta_model(cfg)
+    checks = [
         _trainer_checks(cfg),
         _model_checks(cfg),
-        _mesh_checks(cfg, num_devices),
-        _model_tree_checks(cfg, num_devices),
-    )
+        _mesh_checks(cfg, devices.count),
+        _model_tree_checks(cfg, model, devices.count),
+    ]
+    if check_memory:
+        checks.append(_memory_checks(cfg, model, devices))
     for check in checks:
         problems.extend(check)
     if problems:

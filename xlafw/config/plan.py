@@ -1,0 +1,342 @@
+"""What a config will cost before it runs: parameters, memory, FLOPs, sharding.
+
+``make_plan`` builds the model on the meta device (shapes, no memory, no XLA)
+and applies the config's mesh and sharding rules arithmetically. It is what
+``--dry_run`` prints and what validation's memory check compares against the
+device memory. Never imports torch_xla.
+
+Memory per device (all in the parameter dtype, ``trainer.dtype``):
+
+* parameters: each tensor's elements divided by the ways its spec splits it
+  (``sharding.ways`` per dimension; no rule or ``()`` means replicated).
+* gradients: the same as the parameters.
+* optimizer state: AdamW's ``exp_avg`` and ``exp_avg_sq``, twice the parameters.
+* activations, per device for its ``tokens = global_batch * seq_len /
+  (data * fsdp * context)`` tokens, divided by ``tensor`` for the layer parts
+  (the tensor-parallel rules split the hidden dimension):
+
+  - one decoder layer keeps ``4h + 2q + 2kv + 4i`` elements per token for its
+    backward (layer input, both norm outputs, the residual after attention,
+    query and attention output, key and value, gate, up, silu(gate), their
+    product), with ``q`` = heads x head_dim and ``kv`` = kv heads x head_dim.
+    The reference attention kernel also keeps ``heads * seq_len`` scores
+    (float32) and probabilities (parameter dtype) per token.
+  - without remat every layer keeps all of that; with ``LlamaDecoderLayer``
+    in ``remat.checkpoint_modules`` a layer keeps only its input (``h`` per
+    token) and one layer's full set is live again while it is recomputed.
+  - the head keeps the final norm's input and output (``2h``), the logits in
+    the parameter dtype and their float32 copy for the loss (``vocab`` each).
+
+  This ignores XLA's temporaries and fusion, so treat it as a floor with
+  roughly 10-20% to spare, not a promise.
+
+FLOPs (the formula MaxText uses and torchprime reports):
+``6 * N_matmul + 12 * layers * seq_len * q`` per token, where ``N_matmul``
+counts the parameters of matrix multiplies (every linear weight including the
+LM head; not the embedding lookup or the norms) and the second term is the
+attention score and value products, forward and backward, without a causal
+discount.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+
+import fiddle as fdl
+import torch
+
+from xlafw.config.errors import ConfigError
+from xlafw.config.hardware import Devices, resolve_devices
+from xlafw.parallel.mesh import MeshError
+from xlafw.parallel.sharding import ShardingRules, Spec, abstract_name, ways
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
+REMAT_LAYER = "LlamaDecoderLayer"
+LAYERS = "model.layers.*"
+
+
+def meta_model(cfg: fdl.Config) -> torch.nn.Module:
+    """Builds the experiment's model on the meta device: shapes only, no memory."""
+    with torch.device("meta"):
+        return fdl.build(cfg.model)()
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """Estimated bytes on one device (see the module docstring for the formulas)."""
+
+    parameters: int
+    gradients: int
+    optimizer_state: int
+    activations: int
+
+    @property
+    def total(self) -> int:
+        return self.parameters + self.gradients + self.optimizer_state + self.activations
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRow:
+    """One parameter (or one parameter of every decoder layer) and its layout.
+
+    Attributes:
+      name: the parameter name; decoder layers collapse into ``model.layers.*``.
+      spec: the partition spec, or None when no rule matches (replicated).
+      global_shape: the full tensor's shape.
+      local_shape: the shape one device holds.
+      copies: how many parameters the row stands for (layers collapsed).
+    """
+
+    name: str
+    spec: Spec | None
+    global_shape: tuple[int, ...]
+    local_shape: tuple[int, ...]
+    copies: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Everything ``--dry_run`` reports for one config on one set of devices.
+
+    Attributes:
+      experiment: the experiment's name.
+      devices: what the plan is for.
+      axis_sizes: the resolved mesh.
+      parameter_groups: parameter count per top-level module group.
+      num_parameters: the total parameter count.
+      memory: estimated bytes per device.
+      dtype: the parameter dtype the byte counts use.
+      remat_layers: whether decoder layers are recomputed in the backward.
+      tokens_per_step: global batch x sequence length.
+      flops_per_token: training FLOPs (forward and backward) per token.
+      sharding: the sharding table.
+    """
+
+    experiment: str
+    devices: Devices
+    axis_sizes: Mapping[str, int]
+    parameter_groups: Mapping[str, int]
+    num_parameters: int
+    memory: MemoryEstimate
+    dtype: str
+    remat_layers: bool
+    tokens_per_step: int
+    flops_per_token: int
+    sharding: tuple[ShardingRow, ...]
+
+    @property
+    def flops_per_step(self) -> int:
+        return self.flops_per_token * self.tokens_per_step
+
+
+def parameter_group(name: str) -> str:
+    """The top-level module group of a parameter, decoder layers as one group.
+
+    ``model.layers.3.mlp.up_proj.weight`` -> ``model.layers.*``;
+    ``lm_head.weight`` -> ``lm_head``.
+    """
+    parts = abstract_name(name).split(".")
+    return ".".join(parts[:3] if parts[1:2] == ["layers"] else parts[: min(2, len(parts) - 1)])
+
+
+def _local_shape(shape: tuple[int, ...], spec: Spec | None, axes: Mapping[str, int]):
+    if not spec:
+        return shape
+    return tuple(-(-size // ways(entry, axes)) for size, entry in zip(shape, spec, strict=False))
+
+
+def sharding_table(
+    model: torch.nn.Module, rules: ShardingRules, axes: Mapping[str, int]
+) -> tuple[ShardingRow, ...]:
+    """One row per distinct parameter name, identical decoder layers collapsed."""
+    rows: dict[str, ShardingRow] = {}
+    for name, param in model.named_parameters():
+        key = abstract_name(name)
+        if key in rows:
+            rows[key] = dataclasses.replace(rows[key], copies=rows[key].copies + 1)
+            continue
+        spec = rules.spec_for(name)
+        shape = tuple(param.shape)
+        rows[key] = ShardingRow(key, spec, shape, _local_shape(shape, spec, axes), 1)
+    return tuple(rows.values())
+
+
+def activation_bytes(cfg: fdl.Config, axes: Mapping[str, int]) -> int:
+    """Activation memory per device under the remat policy (module docstring)."""
+    model = cfg.model.config
+    h, i, vocab = model.hidden_size, model.intermediate_size, model.vocab_size
+    head_dim = model.head_dim or h // model.num_attention_heads
+    q, kv = model.num_attention_heads * head_dim, model.num_key_value_heads * head_dim
+    seq, size = cfg.data.seq_len, DTYPE_BYTES[cfg.trainer.dtype]
+    batch_ways = axes["data"] * axes["fsdp"] * axes["context"]
+    tokens = cfg.data.global_batch_size * seq / batch_ways
+    tensor = axes["tensor"]
+    scores = model.num_attention_heads * seq * (4 + size)
+    per_layer = ((4 * h + 2 * q + 2 * kv + 4 * i) * size + scores) / tensor
+    layers = model.num_hidden_layers
+    if REMAT_LAYER in cfg.remat.checkpoint_modules:
+        kept = layers * h * size / tensor + per_layer
+    else:
+        kept = layers * per_layer
+    head = 2 * h * size + vocab * (size + 4)
+    return int(tokens * (kept + head))
+
+
+def flops_per_token(cfg: fdl.Config, model: torch.nn.Module) -> int:
+    """``6 * N_matmul + 12 * layers * seq_len * q`` (module docstring)."""
+    matmul = sum(
+        p.numel()
+        for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear)
+        for p in m.parameters(recurse=False)
+    )
+    config = cfg.model.config
+    q = config.num_attention_heads * (
+        config.head_dim or config.hidden_size // config.num_attention_heads
+    )
+    return 6 * matmul + 12 * config.num_hidden_layers * cfg.data.seq_len * q
+
+
+def estimate_memory(
+    cfg: fdl.Config, model: torch.nn.Module, axes: Mapping[str, int]
+) -> MemoryEstimate:
+    """Bytes per device of parameters, gradients, AdamW state and activations."""
+    rules: ShardingRules = fdl.build(cfg.sharding)
+    size = DTYPE_BYTES[cfg.trainer.dtype]
+    elements = 0
+    for row in sharding_table(model, rules, axes):
+        elements += math.prod(row.local_shape) * row.copies
+    params = elements * size
+    return MemoryEstimate(
+        parameters=params,
+        gradients=params,
+        optimizer_state=2 * params,
+        activations=activation_bytes(cfg, axes),
+    )
+
+
+def resolve_mesh(cfg: fdl.Config, devices: Devices) -> dict[str, int]:
+    """The mesh's axis sizes on ``devices`` (one device when the count is unknown).
+
+    Raises:
+      ConfigError: when the mesh does not fit the device count.
+    """
+    try:
+        return fdl.build(cfg.mesh).resolve(devices.count or 1)
+    except MeshError as e:
+        raise ConfigError(f"mesh on {devices.description}: {e}") from None
+
+
+def devices_for_dry_run(cfg: fdl.Config, detected: Devices) -> Devices:
+    """The detected devices, or the fewest the mesh accepts when they cannot hold it.
+
+    A dry run on a laptop of an experiment whose mesh fixes ``tensor=4`` should
+    still print its figures; it plans for the smallest device count the mesh
+    takes and says so. A declared ``--target``/``--num_devices`` is never
+    replaced this way.
+    """
+    mesh = fdl.build(cfg.mesh)
+    try:
+        mesh.resolve(detected.count or 1)
+        return detected
+    except MeshError:
+        pass
+    fewest = math.prod(s for s in mesh.ici.as_tuple() if s != -1) * math.prod(mesh.dcn.as_tuple())
+    fallback = resolve_devices(fewest)
+    return dataclasses.replace(
+        fallback,
+        description=f"{fallback.description} (the fewest this mesh takes; pass --target or "
+        f"--num_devices to plan for real hardware)",
+    )
+
+
+def make_plan(cfg: fdl.Config, devices: Devices, model: torch.nn.Module | None = None) -> Plan:
+    """Computes the dry-run figures of ``cfg`` on ``devices``.
+
+    Args:
+      cfg: the experiment config, overrides applied.
+      devices: what to plan for (``hardware.resolve_devices``).
+      model: the meta-device model if the caller already built it.
+
+    Raises:
+      ConfigError: when the mesh does not fit the device count.
+    """
+    axes = resolve_mesh(cfg, devices)
+    model = model if model is not None else meta_model(cfg)
+    groups: dict[str, int] = {}
+    for name, param in model.named_parameters():
+        group = parameter_group(name)
+        groups[group] = groups.get(group, 0) + param.numel()
+    return Plan(
+        experiment=cfg.name,
+        devices=devices,
+        axis_sizes=axes,
+        parameter_groups=groups,
+        num_parameters=sum(groups.values()),
+        memory=estimate_memory(cfg, model, axes),
+        dtype=cfg.trainer.dtype,
+        remat_layers=REMAT_LAYER in cfg.remat.checkpoint_modules,
+        tokens_per_step=cfg.data.global_batch_size * cfg.data.seq_len,
+        flops_per_token=flops_per_token(cfg, model),
+        sharding=sharding_table(model, fdl.build(cfg.sharding), axes),
+    )
+
+
+def human_bytes(n: float) -> str:
+    """``1536`` -> ``1.5 KiB``; binary units, one decimal."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} B" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _spec_str(spec: Spec | None) -> str:
+    if spec is None:
+        return "replicated (no rule)"
+    return "replicated ()" if not spec else str(tuple(spec))
+
+
+def format_plan(plan: Plan) -> str:
+    """The ``--dry_run`` report: parameters, memory, compute and the sharding table."""
+    mesh = " ".join(f"{a}={n}" for a, n in plan.axis_sizes.items())
+    lines = [f"dry run: {plan.experiment} on {plan.devices.description}", f"mesh: {mesh}", ""]
+    lines.append("parameters")
+    for group, count in plan.parameter_groups.items():
+        layers = next((r.copies for r in plan.sharding if r.name.startswith(group + ".")), 1)
+        label = f"{group} ({layers} layers)" if group == LAYERS else group
+        lines.append(f"  {label:<34}{count:>20,}")
+    lines.append(f"  {'total':<34}{plan.num_parameters:>20,}")
+    remat = "decoder layers keep only their input" if plan.remat_layers else "none"
+    memory, limit = plan.memory, plan.devices.memory_bytes
+    lines += ["", f"memory per device ({plan.dtype}; remat: {remat})"]
+    for label, value in (
+        ("parameters", memory.parameters),
+        ("gradients", memory.gradients),
+        ("optimizer state (AdamW m, v)", memory.optimizer_state),
+        ("activations (estimate)", memory.activations),
+    ):
+        lines.append(f"  {label:<34}{human_bytes(value):>20}")
+    verdict = ""
+    if limit:
+        fits = "fits" if memory.total <= limit else "DOES NOT FIT"
+        verdict = f"  of {human_bytes(limit)}: {fits} ({100 * memory.total / limit:.0f}%)"
+    lines.append(f"  {'total':<34}{human_bytes(memory.total):>20}{verdict}")
+    lines += ["", "compute (6 * N_matmul + 12 * layers * seq_len * q_width per token)"]
+    lines.append(f"  {'FLOPs per token':<34}{plan.flops_per_token:>20.4g}")
+    lines.append(f"  {'tokens per step':<34}{plan.tokens_per_step:>20,}")
+    lines.append(f"  {'FLOPs per step':<34}{plan.flops_per_step:>20.4g}")
+    if plan.devices.peak_flops and plan.devices.count:
+        peak = plan.devices.peak_flops * plan.devices.count
+        lines.append(f"  {'step time at 100% MFU':<34}{plan.flops_per_step / peak:>19.3f}s")
+    lines += ["", "sharding (parameter, spec, global shape, per-device shape)"]
+    width = max(len(r.name) + 5 for r in plan.sharding)
+    for row in plan.sharding:
+        name = f"{row.name} x{row.copies}" if row.copies > 1 else row.name
+        lines.append(
+            f"  {name:<{width}} {_spec_str(row.spec):<28} {list(row.global_shape)!s:<16} "
+            f"{list(row.local_shape)}"
+        )
+    return "\n".join(lines)
