@@ -6,7 +6,7 @@ Flags (Fiddle's own, plus xlafw's):
   --fiddler=NAME              apply a named edit from experiments/fiddlers.py (repeatable)
   --fdl_set=PATH=VALUE        set one field (repeatable); also spelled --fdl.PATH=VALUE
   --list                      list experiments and fiddlers, then exit
-  --print_config              print the flattened config, then exit
+  --print_config              print the flattened config and its hash, then exit
   --dry_run                   print parameters, memory per device, FLOPs and sharding, then exit
   --target=v5p-256            check and plan for a TPU slice instead of this machine
   --num_devices=N             check and plan for N devices
@@ -27,6 +27,7 @@ from fiddle import printing
 from xlafw.config import ConfigError, build_config, registry, validate
 from xlafw.config.hardware import backend, detected_device_count, resolve_devices
 from xlafw.config.plan import devices_for_dry_run, format_plan, make_plan
+from xlafw.config.provenance import config_hash
 
 FLAGS = flags.FLAGS
 _LIST = flags.DEFINE_bool("list", False, "List experiments and fiddlers with descriptions.")
@@ -91,6 +92,7 @@ def _config_to_train() -> fdl.Config | None:
     cfg = _build()
     if _PRINT.value:
         print(printing.as_str_flattened(cfg))
+        print(f"# config_hash: {config_hash(cfg)}")
         return None
     if _DRY_RUN.value:
         _dry_run(cfg)
