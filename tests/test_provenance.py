@@ -1,10 +1,13 @@
-"""Run files: what a run directory records, and a config hash that survives a reload."""
+"""Provenance: run files, a config hash that survives a reload, and --explain."""
 
 from __future__ import annotations
 
 import json
 
-from xlafw.config import build_config, load_config_file
+import pytest
+
+from xlafw.config import ConfigError, build_config, load_config_file
+from xlafw.config.explain import explain
 from xlafw.config.provenance import config_hash, git_state, write_run_files
 
 ARGV = ["xlafw.main", "--fdl_config=llama_tiny", "--fdl_set=data.seq_len=128"]
@@ -54,3 +57,28 @@ def test_cli_reload_of_a_saved_config_prints_the_same_hash(tmp_path, xlafw_cli):
     assert proc.returncode == 0, proc.stderr
     assert f"# config_hash: {digest}" in proc.stdout
     assert load_config_file(str(tmp_path / "config.json")) == cfg
+
+
+def test_explain_lists_every_write_with_file_fiddler_and_flag():
+    cfg = build_config("llama_tiny", fiddlers=["quick"], sets=["trainer.max_steps=9"])
+    lines = explain(cfg, "trainer.max_steps").splitlines()
+    assert lines[0] == "trainer.max_steps = 9 (TrainerSettings.max_steps)"
+    assert "experiments/llama.py:" in lines[1] and "in llama_tiny" in lines[1]
+    assert "--fiddler=quick at experiments/fiddlers.py:" in lines[2]
+    assert lines[3].endswith("command line: --fdl_set=trainer.max_steps=9")
+
+
+def test_explain_of_an_unwritten_field_names_its_default():
+    text = explain(build_config("llama_tiny"), "trainer.seed")
+    assert "<unset: default 42>" in text and "never written" in text
+
+
+def test_explain_of_a_misspelled_field_suggests_the_right_one():
+    with pytest.raises(ConfigError, match=r"Did you mean optimizer\.lr"):
+        explain(build_config("llama_tiny"), "optimizer.lrr")
+
+
+def test_cli_explain_names_the_flag_as_typed_in_fdl_dot_spelling(xlafw_cli):
+    proc = xlafw_cli("--fdl_config=llama_tiny", "--fdl.optimizer.lr=1e-3", "--explain=optimizer.lr")
+    assert proc.returncode == 0, proc.stderr
+    assert "command line: --fdl_set=optimizer.lr=1e-3" in proc.stdout

@@ -7,6 +7,7 @@ Flags (Fiddle's own, plus xlafw's):
   --fdl_set=PATH=VALUE        set one field (repeatable); also spelled --fdl.PATH=VALUE
   --list                      list experiments and fiddlers, then exit
   --print_config              print the flattened config and its hash, then exit
+  --explain=PATH              print every write to one field and where it came from, then exit
   --dry_run                   print parameters, memory per device, FLOPs and sharding, then exit
   --target=v5p-256            check and plan for a TPU slice instead of this machine
   --num_devices=N             check and plan for N devices
@@ -25,6 +26,7 @@ from fiddle import absl_flags as fdl_flags  # registers --fdl_config, --fdl_set,
 from fiddle import printing
 
 from xlafw.config import ConfigError, build_config, registry, validate
+from xlafw.config.explain import explain
 from xlafw.config.hardware import backend, detected_device_count, resolve_devices
 from xlafw.config.plan import devices_for_dry_run, format_plan, make_plan
 from xlafw.config.provenance import config_hash
@@ -32,6 +34,9 @@ from xlafw.config.provenance import config_hash
 FLAGS = flags.FLAGS
 _LIST = flags.DEFINE_bool("list", False, "List experiments and fiddlers with descriptions.")
 _PRINT = flags.DEFINE_bool("print_config", False, "Print the flattened config and exit.")
+_EXPLAIN = flags.DEFINE_string(
+    "explain", None, "Print every write to this field (e.g. optimizer.lr) with its origin; exit."
+)
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run",
     False,
@@ -93,6 +98,9 @@ def _config_to_train() -> fdl.Config | None:
     if _PRINT.value:
         print(printing.as_str_flattened(cfg))
         print(f"# config_hash: {config_hash(cfg)}")
+        return None
+    if _EXPLAIN.value:
+        print(explain(cfg, _EXPLAIN.value))
         return None
     if _DRY_RUN.value:
         _dry_run(cfg)

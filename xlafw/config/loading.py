@@ -4,18 +4,74 @@ The flags are Fiddle's own (``--fdl_config``, ``--fdl_config_file``,
 ``--fiddler``, ``--fdl_set`` and its ``--fdl.PATH=VALUE`` spelling), applied in
 Fiddle's order: base config, then fiddlers, then sets. xlafw resolves names in
 its registry and type-checks every set.
+
+Every write is recorded in Fiddle's argument history with where it came from,
+so ``--explain=PATH`` can say it: the experiment's file and line (Fiddle's own
+stack-trace location), ``--fiddler=NAME`` at the fiddler's line, or the exact
+``--fdl_set=PATH=VALUE`` (``--fdl.PATH=VALUE`` arrives rewritten to that).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import inspect
+from collections.abc import Callable, Sequence
 
 import fiddle as fdl
+from fiddle import history
 from fiddle.experimental import serialization
 
 from xlafw.config import registry
 from xlafw.config.errors import ConfigError
 from xlafw.config.overrides import apply_override
+
+# The "file name" of history locations written by command-line flags; the flag
+# itself goes in the function-name slot, so Fiddle's own history printing shows
+# "<command line>:0:--fdl_set=optimizer.lr=1e-3".
+COMMAND_LINE = "<command line>"
+
+
+def flag_location(flag: str) -> history.Location:
+    """The history location of a write made by the command-line flag ``flag``."""
+    return history.Location(filename=COMMAND_LINE, line_number=0, function_name=flag)
+
+
+def _fiddler_location(name: str, fn: Callable) -> history.LocationProvider:
+    """Locates writes at the fiddler's own line, labelled ``--fiddler=NAME``."""
+    code = getattr(fn, "__code__", None)
+    filename = inspect.getsourcefile(fn) or "<unknown>"
+
+    def provider() -> history.Location:
+        frame = inspect.currentframe()
+        while frame is not None and frame.f_code is not code:
+            frame = frame.f_back
+        line = frame.f_lineno if frame is not None else 0
+        return history.Location(
+            filename=filename, line_number=line, function_name=f"--fiddler={name}"
+        )
+
+    return provider
+
+
+def apply_sets(cfg: fdl.Config, sets: Sequence[str], flag: str = "--fdl_set") -> None:
+    """Applies ``PATH=VALUE`` overrides, recording ``flag=PATH=VALUE`` as each one's location.
+
+    Raises:
+      ConfigError: listing every bad override, not just the first.
+    """
+    problems = []
+    for item in sets:
+        path, sep, raw = item.partition("=")
+        if not sep:
+            problems.append(f"{flag}={item}: expected PATH=VALUE, as in trainer.max_steps=30")
+            continue
+        location = flag_location(f"{flag}={item}")
+        try:
+            with history.custom_location(lambda location=location: location):
+                apply_override(cfg, path.strip(), raw)
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise ConfigError(problems)
 
 
 def load_config_file(path: str) -> fdl.Config:
@@ -54,19 +110,10 @@ def build_config(
         )
     cfg = registry.experiment_config(config_name) if config_name else load_config_file(config_file)
     for name in fiddlers:
-        result = registry.fiddler(name)(cfg)
+        fn = registry.fiddler(name)
+        with history.custom_location(_fiddler_location(name, fn)):
+            result = fn(cfg)
         if result is not None:
             cfg = result
-    problems = []
-    for item in sets:
-        path, sep, raw = item.partition("=")
-        if not sep:
-            problems.append(f"--fdl_set={item}: expected PATH=VALUE, as in trainer.max_steps=30")
-            continue
-        try:
-            apply_override(cfg, path.strip(), raw)
-        except ConfigError as e:
-            problems.extend(e.problems)
-    if problems:
-        raise ConfigError(problems)
+    apply_sets(cfg, sets)
     return cfg
