@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import fiddle as fdl
 import pytest
 
-from xlafw.config import ConfigError, build_config, validate
+from xlafw.config import ConfigError, build_config, config_hash, load_config_file, validate
+from xlafw.config.sweep import grid, parse_sweep, split_values
 from xlafw.experiment import Experiment
 
 
@@ -128,3 +130,55 @@ def test_cli_user_error_exits_2_fast_without_starting_xla(xlafw_cli):
     assert "Traceback" not in proc.stderr
     assert "XLA runtime" not in proc.stdout + proc.stderr
     assert elapsed < 15  # generous: CI shares 2 cores; typically ~3 s
+
+
+def test_sweep_values_split_at_top_level_commas_only():
+    assert split_values("[1e-4, 3e-4]") == ["1e-4", "3e-4"]
+    assert split_values("[(0.9,0.95),(0.9,0.99)]") == ["(0.9,0.95)", "(0.9,0.99)"]
+    assert split_values("['a,b',c]") == ["'a,b'", "c"]
+
+
+def test_sweep_grid_is_the_cartesian_product_in_flag_order():
+    assert grid(["optimizer.lr=[1e-4,3e-4]", "data.seq_len=[64,128]"]) == [
+        ("optimizer.lr=1e-4", "data.seq_len=64"),
+        ("optimizer.lr=1e-4", "data.seq_len=128"),
+        ("optimizer.lr=3e-4", "data.seq_len=64"),
+        ("optimizer.lr=3e-4", "data.seq_len=128"),
+    ]
+
+
+def test_sweep_without_a_list_names_the_expected_form():
+    with pytest.raises(ConfigError, match=r"--sweep=optimizer\.lr=\[1e-4,3e-4\]"):
+        parse_sweep("optimizer.lr=1e-4")
+
+
+def test_cli_sweep_writes_one_reloadable_hashed_config_per_trial(tmp_path, xlafw_cli):
+    sweep_dir = tmp_path / "sweep"
+    proc = xlafw_cli(
+        "--fdl_config=llama_tiny_smoke",
+        "--sweep=optimizer.lr=[1e-4,3e-4]",
+        "--sweep=trainer.dtype=[float32,bfloat16]",
+        f"--sweep_dir={sweep_dir}",
+    )
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((sweep_dir / "sweep.json").read_text())
+    assert [t["name"] for t in index["trials"]] == [f"trial_00{i}" for i in range(4)]
+    last = index["trials"][3]
+    assert last["overrides"] == ["optimizer.lr=3e-4", "trainer.dtype=bfloat16"]
+    assert f"python -m xlafw.main --fdl_config_file={last['config_file']}" in proc.stdout
+    cfg = load_config_file(last["config_file"])
+    assert config_hash(cfg) == last["config_hash"]
+    assert cfg.optimizer.lr == 3e-4 and cfg.trainer.dtype == "bfloat16"
+    assert cfg.trainer.run_dir == str(sweep_dir / "trial_003")  # trials never share a run dir
+
+
+def test_cli_sweep_reports_every_bad_trial_and_writes_nothing(tmp_path, xlafw_cli):
+    proc = xlafw_cli(
+        "--fdl_config=llama_tiny",
+        "--sweep=optimizer.lr=[fast,1e-3,slow]",
+        f"--sweep_dir={tmp_path / 'sweep'}",
+    )
+    assert proc.returncode == 2
+    assert "trial_000 (optimizer.lr=fast)" in proc.stderr
+    assert "trial_002 (optimizer.lr=slow)" in proc.stderr
+    assert not (tmp_path / "sweep").exists()

@@ -11,6 +11,8 @@ Flags (Fiddle's own, plus xlafw's):
   --dry_run                   print parameters, memory per device, FLOPs and sharding, then exit
   --target=v5p-256            check and plan for a TPU slice instead of this machine
   --num_devices=N             check and plan for N devices
+  --sweep=PATH=[V1,V2]        one trial per value (repeatable: a grid); needs --sweep_dir
+  --sweep_dir=DIR             where --sweep writes DIR/trial_NNN/config.json, then exit
 
 The config is resolved, overridden and validated before torch_xla is
 imported; any user error prints one list of problems and exits with status 2.
@@ -19,6 +21,7 @@ imported; any user error prints one list of problems and exits with status 2.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import fiddle as fdl
 from absl import app, flags
@@ -28,8 +31,10 @@ from fiddle import printing
 from xlafw.config import ConfigError, build_config, registry, validate
 from xlafw.config.explain import explain
 from xlafw.config.hardware import backend, detected_device_count, resolve_devices
+from xlafw.config.loading import apply_sets
 from xlafw.config.plan import devices_for_dry_run, format_plan, make_plan
 from xlafw.config.provenance import config_hash
+from xlafw.config.sweep import write_sweep
 
 FLAGS = flags.FLAGS
 _LIST = flags.DEFINE_bool("list", False, "List experiments and fiddlers with descriptions.")
@@ -49,6 +54,12 @@ _TARGET = flags.DEFINE_string(
 _NUM_DEVICES = flags.DEFINE_integer(
     "num_devices", None, "Validate and plan for this many devices instead of the detected ones."
 )
+_SWEEP = flags.DEFINE_multi_string(
+    "sweep", [], "PATH=[V1,V2,...]: one trial per value; repeat for a grid. Needs --sweep_dir."
+)
+_SWEEP_DIR = flags.DEFINE_string(
+    "sweep_dir", None, "Write one config.json per --sweep trial here, print the commands, exit."
+)
 
 
 def _list() -> None:
@@ -60,6 +71,12 @@ def _build() -> fdl.Config:
     return build_config(
         FLAGS.fdl_config, FLAGS.fdl_config_file, FLAGS.fiddler or (), FLAGS.fdl_set or ()
     )
+
+
+def _trial_config(trial_sets: Sequence[str]) -> fdl.Config:
+    cfg = _build()
+    apply_sets(cfg, trial_sets, flag="--sweep")
+    return cfg
 
 
 def _check_declared_devices_for_training() -> None:
@@ -79,6 +96,21 @@ def _check_declared_devices_for_training() -> None:
         )
 
 
+def _sweep() -> None:
+    if not _SWEEP_DIR.value:
+        raise ConfigError("--sweep needs --sweep_dir=DIR for the trials' config files.")
+    trials = write_sweep(
+        _SWEEP.value,
+        _SWEEP_DIR.value,
+        make_trial_config=_trial_config,
+        validate=lambda cfg: validate(cfg, _NUM_DEVICES.value, target=_TARGET.value),
+    )
+    print(f"{len(trials)} trials in {_SWEEP_DIR.value} (nothing was run):")
+    for trial in trials:
+        print(f"# {trial.name}: {' '.join(trial.overrides)}  config_hash={trial.config_hash[:12]}")
+        print(trial.command)
+
+
 def _dry_run(cfg: fdl.Config) -> None:
     devices = resolve_devices(_NUM_DEVICES.value, _TARGET.value)
     if _NUM_DEVICES.value is None and not _TARGET.value:
@@ -94,6 +126,11 @@ def _config_to_train() -> fdl.Config | None:
     Raises:
       ConfigError: for any user error.
     """
+    if _SWEEP_DIR.value and not _SWEEP.value:
+        raise ConfigError("--sweep_dir is only used with --sweep=PATH=[V1,V2,...].")
+    if _SWEEP.value:
+        _sweep()
+        return None
     cfg = _build()
     if _PRINT.value:
         print(printing.as_str_flattened(cfg))
