@@ -21,7 +21,7 @@ from xlafw.data import (
     SentencePieceTokenizer,
     TextFiles,
 )
-from xlafw.experiment import Experiment, TrainerSettings
+from xlafw.experiment import Checkpointing, Experiment, TrainerSettings
 from xlafw.models import Llama3RopeScaling, LlamaConfig, LlamaForCausalLM
 from xlafw.optim import AdamW, WarmupCosine
 from xlafw.parallel import AxisSizes, Mesh, RematPolicy, ShardingRules
@@ -47,6 +47,7 @@ def _experiment(model: fdl.Partial, data: fdl.Partial) -> fdl.Config[Experiment]
         sharding=fdl.Config(ShardingRules),
         remat=fdl.Config(RematPolicy),
         trainer=fdl.Config(TrainerSettings),
+        checkpoint=fdl.Config(Checkpointing),
     )
 
 
@@ -71,9 +72,10 @@ def llama_tiny() -> fdl.Config[Experiment]:
     cfg = _experiment(model, data)
     cfg.sharding = _rules(LLAMA_FSDP)  # used when CPU_NUM_DEVICES > 1: FSDP over all
     cfg.optimizer.lr = 3e-3
-    cfg.lr_schedule.warmup_steps = 20
-    cfg.trainer.max_steps = 200
+    cfg.lr_schedule.warmup_steps = 15
+    cfg.trainer.max_steps = 150
     cfg.trainer.log_every = 10
+    cfg.checkpoint.every_steps = 50
     return cfg
 
 
@@ -126,6 +128,7 @@ def llama_8b() -> fdl.Config[Experiment]:
     cfg.sharding = _rules(LLAMA_FSDP)
     cfg.trainer.dtype = "bfloat16"
     cfg.trainer.max_steps = 1000
+    cfg.checkpoint.every_steps = 100
     cfg.remat.checkpoint_modules = ("LlamaDecoderLayer",)
     cfg.remat.optimization_barrier_modules = ("LlamaDecoderLayer",)
     return cfg

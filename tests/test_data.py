@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import torch
 
 from xlafw.data import (
     SHAKESPEARE_TEXTS,
@@ -51,7 +52,7 @@ def test_packing_loses_no_token_and_keeps_shapes_fixed(tokenizer):
     docs = [f"Document number {i} says {'hello ' * (i % 7)}." for i in range(40)]
     pipeline = DataPipeline(ListSource(docs), tokenizer, seq_len=16, global_batch_size=2)
     expected = np.concatenate([[*ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(docs)])
-    rows = list(itertools.islice(pipeline.rows(), len(expected) // 16))
+    rows = [row for row, _ in itertools.islice(pipeline.rows(), len(expected) // 16)]
     assert all(r.shape == (16,) for r in rows)
     np.testing.assert_array_equal(np.concatenate(rows), expected[: 16 * len(rows)])
     batch = next(iter(pipeline))
@@ -70,3 +71,16 @@ def test_hosts_read_disjoint_documents_that_cover_the_stream():
 def test_global_batch_must_split_evenly_over_hosts(tokenizer):
     with pytest.raises(ValueError, match="not divisible"):
         DataPipeline(ListSource(["a"]), tokenizer, 8, global_batch_size=3, host=HostShard(0, 2))
+
+
+@pytest.mark.parametrize("num_docs", [60, 7])  # 7 documents: several epochs in 12 batches
+def test_restored_pipeline_continues_at_the_exact_next_token(tokenizer, num_docs):
+    docs = [f"Document {i}: " + "word " * (i % 11) for i in range(num_docs)]
+    straight = DataPipeline(ListSource(docs), tokenizer, seq_len=16, global_batch_size=2)
+    batches = list(itertools.islice(iter(straight), 12))
+    resumed = DataPipeline(ListSource(docs), tokenizer, seq_len=16, global_batch_size=2)
+    resumed.restore(straight.position_after(5), batches=5)
+    again = list(itertools.islice(iter(resumed), 7))
+    for a, b in zip(batches[5:], again, strict=False):
+        assert torch.equal(a["input_ids"], b["input_ids"])
+    assert resumed.position_after(12) == straight.position_after(12)

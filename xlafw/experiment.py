@@ -62,6 +62,33 @@ class TrainerSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class Checkpointing:
+    """When checkpoints are written, which are kept, and how a restart resumes.
+
+    Attributes:
+      every_steps: save every this many steps; 0 saves only at the end of the
+        run and on preemption (SIGTERM/SIGINT).
+      keep_last: how many of the newest checkpoints to keep.
+      keep_every: also keep every checkpoint whose step is a multiple of this,
+        forever; 0 keeps none beyond ``keep_last``.
+      directory: where checkpoints go; ``{run_dir}`` is the run directory.
+        ``gs://`` works where etils' GCS backend is installed.
+      resume: ``auto`` continues from the newest checkpoint in ``directory``;
+        ``never`` refuses to start if one exists (never overwrites a run).
+      allow_config_change: resume even when the config differs from the one
+        saved with the checkpoint beyond the fields in
+        ``xlafw.checkpoint.RESUMABLE_CHANGES`` (the diff is logged).
+    """
+
+    every_steps: int = 0
+    keep_last: int = 2
+    keep_every: int = 0
+    directory: str = "{run_dir}/checkpoints"
+    resume: Literal["auto", "never"] = "auto"
+    allow_config_change: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     """Everything one training run needs, as builders.
 
@@ -74,6 +101,7 @@ class Experiment:
       sharding: parameter and activation sharding rules.
       remat: what to recompute in the backward pass.
       trainer: loop length, logging, seed, dtype, clipping, run directory.
+      checkpoint: checkpoint cadence, retention and resume policy.
       name: the experiment's name; set by the resolver to the function name.
     """
 
@@ -85,8 +113,13 @@ class Experiment:
     sharding: ShardingRules = ShardingRules()
     remat: RematPolicy = RematPolicy()
     trainer: TrainerSettings = TrainerSettings()
+    checkpoint: Checkpointing = Checkpointing()
     name: str = "experiment"
 
     @property
     def run_dir(self) -> str:
         return self.trainer.run_dir.format(experiment=self.name)
+
+    @property
+    def checkpoint_dir(self) -> str:
+        return self.checkpoint.directory.format(run_dir=self.run_dir)

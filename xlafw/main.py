@@ -162,7 +162,14 @@ def main(argv: list[str]) -> int:
         return 0
     from xlafw import trainer  # imports torch_xla: only after the config is known good
 
-    trainer.train(cfg, sys.argv)
+    try:
+        trainer.train(cfg, sys.argv)
+    except trainer.RunRefused as e:  # before the first step: nothing was trained
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except trainer.TrainingStopped as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

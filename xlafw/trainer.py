@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -99,27 +101,51 @@ def parameter_breakdown(model: torch.nn.Module) -> dict[str, int]:
     return groups
 
 
+class TrainingStopped(RuntimeError):
+    """Training stopped on a fault (NaN loss); the newest good checkpoint is kept."""
+
+
+class RunRefused(RuntimeError):
+    """The run cannot start (unwritable checkpoints, config drift); nothing was trained."""
+
+
+def config_changes(old: fdl.Buildable, new: fdl.Buildable) -> list[str]:
+    """Path-level differences between two configs, as ``path: old -> new`` lines."""
+    a, b = printing.as_dict_flattened(old), printing.as_dict_flattened(new)
+    return [
+        f"{path}: {a.get(path, '<unset>')!r} -> {b.get(path, '<unset>')!r}"
+        for path in sorted(set(a) | set(b), key=str)
+        if repr(a.get(path)) != repr(b.get(path))
+    ]
+
+
 class Trainer:
     """Trains one built experiment on the XLA runtime.
 
     Args:
       experiment: the built experiment.
-      run_dir: where metrics are written (the config is already there).
+      config: the config it was built from (saved with every checkpoint).
     """
 
-    def __init__(self, experiment: Experiment, run_dir: str):
+    def __init__(self, experiment: Experiment, config: fdl.Config):
         self.experiment = experiment
-        self.run_dir = run_dir
+        self.config = config
+        self.config_json = serialization.dump_json(config, indent=2)
+        self.config_hash = hashlib.sha256(self.config_json.encode()).hexdigest()
+        self.run_dir = experiment.run_dir
         self.settings = experiment.trainer
+        self.start_step = 0
+        self._stop_signal: int | None = None
 
     def setup(self) -> None:
-        """Startup stages 4-12: runtime, model, parallelism, optimizer."""
+        """Startup stages 4-12: runtime, model, parallelism, optimizer, checkpoint."""
+        import torch_xla
+
         from xlafw import runtime
         from xlafw.parallel import apply as parallel_apply
 
         exp, settings = self.experiment, self.settings
-        spmd = parallel_apply.wants_spmd(exp.mesh)
-        self.rt = runtime.start(spmd=spmd)
+        self.rt = runtime.start(spmd=parallel_apply.wants_spmd(exp.mesh))
         stage(4, "seed %d (python, numpy, torch, XLA)", settings.seed)
         runtime.seed_everything(settings.seed)
         stage(5, "default dtype float32")
@@ -129,17 +155,16 @@ class Trainer:
             self.model = exp.model()
         runtime.rendezvous("model_built")
         counts = parameter_breakdown(self.model)
-        total = sum(counts.values())
+        self.num_parameters = sum(counts.values())
         stage(
             6,
             "model %s built in %s on %s: %s parameters (%s)",
             type(self.model).__name__,
             settings.dtype,
             self.rt.device,
-            f"{total:,}",
+            f"{self.num_parameters:,}",
             ", ".join(f"{k} {v:,}" for k, v in counts.items() if v),
         )
-        self.num_parameters = total
 
         stage(7, parallel_apply.patch_linears(self.model, self.rt))
         sharded = parallel_apply.shard(self.model, exp, self.rt)
@@ -151,13 +176,65 @@ class Trainer:
 
         schedule = exp.lr_schedule(total_steps=settings.max_steps)
         self.optimizer = exp.optimizer(self.model.parameters(), schedule=schedule)
+        self.optimizer.init_state()
+        parallel_apply.shard_optimizer_state(self.optimizer, self.model, exp, self.rt)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        stage(12, "optimizer %s, schedule %s", type(self.optimizer).__name__, schedule)
-
         self.data = exp.data(host=sharded.data_shard)
+        torch_xla.sync()  # materialize the initialized, sharded parameters and state
+        stage(
+            12,
+            "optimizer %s, schedule %s; %s",
+            type(self.optimizer).__name__,
+            schedule,
+            self._restore_or_start(),
+        )
+
+    def _restore_or_start(self) -> str:
+        """Creates the checkpoint manager and resumes from the newest checkpoint."""
+        from xlafw.checkpoint import RESUMABLE_CHANGES, CheckpointError, CheckpointManager
+
+        exp = self.experiment
+        self.checkpoints = CheckpointManager(
+            exp.checkpoint, exp.checkpoint_dir, self.rt.process_index
+        )
+        self.checkpoints.remove_incomplete()
+        state_bytes = sum(3 * p.numel() * p.element_size() for p in self.params)
+        self.checkpoints.preflight(state_bytes // self.rt.process_count)
+        steps = self.checkpoints.steps()
+        if not steps:
+            return f"no checkpoint in {self.checkpoints.directory}: starting at step 1"
+        if exp.checkpoint.resume == "never":
+            raise CheckpointError(
+                f"{self.checkpoints.directory} already holds checkpoints {steps} and "
+                f"checkpoint.resume is 'never'. Fix: use another trainer.run_dir, or "
+                f"--fdl_set=checkpoint.resume=auto to continue that run."
+            )
+        saved_json, saved_hash = self.checkpoints.saved_config(steps[-1])
+        if saved_hash != self.config_hash:
+            changes = config_changes(serialization.load_json(saved_json), self.config)
+            blocking = [c for c in changes if not c.startswith(RESUMABLE_CHANGES)]
+            if blocking and not exp.checkpoint.allow_config_change:
+                raise CheckpointError(
+                    f"the config differs from the one saved with checkpoint step {steps[-1]} "
+                    f"in {self.checkpoints.directory}:\n  "
+                    + "\n  ".join(blocking)
+                    + "\nFix: run with the saved config (--fdl_config_file="
+                    f"{self.checkpoints.path(steps[-1]) / 'config.json'}), use another "
+                    f"trainer.run_dir, or pass --fdl_set=checkpoint.allow_config_change=true."
+                )
+            for change in changes:
+                log.warning("config changed since the checkpoint: %s", change)
+        restored = self.checkpoints.restore(steps[-1], self.model, self.optimizer)
         import torch_xla
 
-        torch_xla.sync()  # materialize the initialized (and sharded) parameters
+        # Materialize the loaded values, so the first step runs the same graph as
+        # every other (and as the uninterrupted run: bit-identical losses).
+        torch_xla.sync()
+        self.data.restore(restored.data_position, batches=restored.step)
+        self.start_step = restored.step
+        return (
+            f"resumed from {restored.path} (step {restored.step}, data at {restored.data_position})"
+        )
 
     def train_step(self, batch: dict[str, torch.Tensor]):
         """Forward, loss, backward, clipping, optimizer and schedule: one graph."""
@@ -174,45 +251,100 @@ class Trainer:
             "target_tokens": out.num_target_tokens,
         }
 
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is None:
+            log.warning(
+                "received %s: saving a checkpoint after the current step, then exiting",
+                signal.Signals(signum).name,
+            )
+        self._stop_signal = signum
+
+    def _save(self, step: int) -> None:
+        self.checkpoints.save(
+            step,
+            self.model,
+            self.optimizer,
+            self.data.position_after(step),
+            self.config_json,
+            self.config_hash,
+        )
+
     def train(self) -> list[StepMetrics]:
-        """Stage 13: the step loop. Returns the logged metrics."""
+        """Stage 13: the step loop. Returns the logged metrics.
+
+        Checkpoints are written every ``checkpoint.every_steps``, at the last step
+        and after SIGTERM/SIGINT (then the loop stops). A checkpoint step is always
+        a logged step, so its loss was checked to be finite before it is saved.
+
+        Raises:
+          TrainingStopped: on a NaN or infinite loss.
+        """
         import torch_xla
         import torch_xla.core.xla_model as xm
         import torch_xla.distributed.parallel_loader as pl
 
         from xlafw import runtime
 
-        settings = self.settings
+        settings, every = self.settings, self.experiment.checkpoint.every_steps
         loader = pl.MpDeviceLoader(self.data, self.rt.device, input_sharding=self.input_sharding)
         batches = iter(loader)
         self.model.train()
-        with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as jsonl:
-            logger = StepLogger(
-                tokens_per_step=self.data.tokens_per_step,
-                max_steps=settings.max_steps,
-                steps_per_epoch=settings.steps_per_epoch,
-                jsonl=jsonl,
-                compile_counter=runtime.compile_count,
-            )
-            stage(
-                13,
-                "step loop: steps 1..%d, %s tokens/step, logging every %d",
-                settings.max_steps,
-                f"{self.data.tokens_per_step:,}",
-                settings.log_every,
-            )
-            logger.start(0)
-            for step in range(1, settings.max_steps + 1):
-                batch = next(batches)
-                with torch_xla.compile(name="train_step"):
-                    loss, aux = self.train_step(batch)
-                    logger.record(loss)
-                    if step == 1 or step % settings.log_every == 0 or step == settings.max_steps:
-                        # Synchronous: the values are read right after this step's
-                        # graph runs, so errors surface here and nothing is lost at exit.
-                        xm.add_step_closure(logger.on_step, args=(step, aux), run_async=False)
-            xm.wait_device_ops()
-        log.info("training finished: %d steps", settings.max_steps)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as jsonl:
+                logger = StepLogger(
+                    tokens_per_step=self.data.tokens_per_step,
+                    max_steps=settings.max_steps,
+                    steps_per_epoch=settings.steps_per_epoch,
+                    jsonl=jsonl,
+                    compile_counter=runtime.compile_count,
+                )
+                stage(
+                    13,
+                    "step loop: steps %d..%d, %s tokens/step, logging every %d",
+                    self.start_step + 1,
+                    settings.max_steps,
+                    f"{self.data.tokens_per_step:,}",
+                    settings.log_every,
+                )
+                logger.start(self.start_step)
+                for step in range(self.start_step + 1, settings.max_steps + 1):
+                    batch = next(batches)
+                    scheduled_save = (every and step % every == 0) or step == settings.max_steps
+                    log_now = (
+                        scheduled_save
+                        or step == self.start_step + 1
+                        or step % settings.log_every == 0
+                    )
+                    try:
+                        with torch_xla.compile(name="train_step"):
+                            loss, aux = self.train_step(batch)
+                            logger.record(loss)
+                            if log_now:
+                                # Synchronous: values are read right after this step's
+                                # graph ran, so a NaN stops the run before it is saved.
+                                xm.add_step_closure(
+                                    logger.on_step, args=(step, aux), run_async=False
+                                )
+                        stopping = self._stop_signal is not None
+                        if stopping and not log_now:
+                            logger.on_step(step, aux)  # the step ran: a plain read, no graph
+                    except FloatingPointError as e:
+                        newest = self.checkpoints.steps()
+                        raise TrainingStopped(
+                            f"{e} The newest good checkpoint is "
+                            f"{self.checkpoints.path(newest[-1]) if newest else 'none'}."
+                        ) from None
+                    if scheduled_save or stopping:
+                        self._save(step)
+                    if stopping:
+                        log.warning("stopped after step %d on a signal; rerun to resume", step)
+                        break
+                xm.wait_device_ops()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        log.info("training finished at step %d of %d", step, settings.max_steps)
         return logger.history
 
 
@@ -227,16 +359,18 @@ def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
     save_config(cfg, run_dir, argv)
     log.info("config:\n%s", printing.as_str_flattened(cfg))
     stage(3, "config printed and saved to %s", run_dir)
-    trainer = Trainer(experiment, run_dir)
-    trainer.setup()
+    trainer = Trainer(experiment, cfg)
+    from xlafw.checkpoint import CheckpointError
+
+    try:
+        trainer.setup()
+    except CheckpointError as e:
+        raise RunRefused(str(e)) from None
     history = trainer.train()
+    summary = {
+        "num_parameters": trainer.num_parameters,
+        "final": dataclasses.asdict(history[-1]) if history else None,
+    }
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(
-            {
-                "num_parameters": trainer.num_parameters,
-                "final": dataclasses.asdict(history[-1]) if history else None,
-            },
-            f,
-            indent=2,
-        )
+        json.dump(summary, f, indent=2)
     return history

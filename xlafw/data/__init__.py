@@ -1,6 +1,6 @@
 """Data: sources, tokenizers and the packing pipeline."""
 
-from xlafw.data.pipeline import DataPipeline, HostShard
+from xlafw.data.pipeline import DataPipeline, HostShard, StreamPosition
 from xlafw.data.sources import SHAKESPEARE_TEXTS, HubDataset, TextFiles
 from xlafw.data.tokenizers import HuggingFaceTokenizer, SentencePieceTokenizer, Tokenizer
 
@@ -11,6 +11,7 @@ __all__ = [
     "HubDataset",
     "HuggingFaceTokenizer",
     "SentencePieceTokenizer",
+    "StreamPosition",
     "TextFiles",
     "Tokenizer",
 ]

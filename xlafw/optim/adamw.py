@@ -56,6 +56,38 @@ class AdamW(torch.optim.Optimizer):
         self.last_lr: torch.Tensor | None = None
 
     @torch.no_grad()
+    def init_state(self) -> None:
+        """Creates every parameter's state now instead of at the first step.
+
+        The first step then runs the same graph as every later one (one
+        compilation instead of two), and a checkpoint can be restored in place.
+        State tensors are created like their parameter (device, dtype); the
+        trainer gives them the parameter's sharding.
+        """
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not self.state[p]:
+                    self.state[p] = {
+                        "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                        "exp_avg": torch.zeros_like(p),
+                        "exp_avg_sq": torch.zeros_like(p),
+                    }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Loads state, then gives every parameter its own step tensor on device.
+
+        torch_xla caches host scalars: step counts loaded from a checkpoint (all
+        equal) come back as one shared device buffer, which changes the first
+        step's graph and costs a recompilation on the second. Fresh tensors keep
+        the resumed graph identical to the uninterrupted run's.
+        """
+        super().load_state_dict(state_dict)
+        for param, state in self.state.items():
+            if "step" in state:
+                fresh = torch.zeros((), dtype=torch.float32, device=param.device)
+                state["step"] = fresh.add_(state["step"].to(param.device))
+
+    @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         loss = closure() if closure is not None else None
         for group in self.param_groups:
@@ -63,11 +95,9 @@ class AdamW(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if not self.state[p]:
+                    self.init_state()
                 state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
                 step = state["step"]
                 step.add_(1)
                 lr = group["lr"] * self.schedule(step)

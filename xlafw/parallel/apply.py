@@ -130,6 +130,24 @@ def shard(model: torch.nn.Module, exp: Experiment, rt: RuntimeInfo) -> Sharded:
     return Sharded(input_sharding, HostShard(rank, world), summary)
 
 
+def shard_optimizer_state(
+    optimizer: torch.optim.Optimizer, model: torch.nn.Module, exp: Experiment, rt: RuntimeInfo
+) -> None:
+    """Gives each parameter-shaped optimizer state tensor its parameter's sharding.
+
+    A real step propagates the same layout; doing it up front lets a checkpoint
+    be restored in place, each host reading only its shards.
+    """
+    if not rt.spmd:
+        return
+    mesh = xs.get_global_mesh()
+    for name, param in model.named_parameters():
+        spec = exp.sharding.spec_for(name)
+        for value in optimizer.state[param].values():
+            if spec and isinstance(value, torch.Tensor) and value.shape == param.shape:
+                xs.mark_sharding(value, mesh, spec)
+
+
 def _matching(model: torch.nn.Module, class_names: tuple[str, ...]) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in class_names]
 
