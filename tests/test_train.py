@@ -55,4 +55,6 @@ def test_saved_config_reloads_to_the_same_config(xlafw_cli, tmp_path):
     first = (tmp_path / "config.txt").read_text()
     again = xlafw_cli(f"--fdl_config_file={tmp_path / 'config.json'}", "--print_config")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.strip() == first.strip()
+    printed, _, hash_line = again.stdout.strip().rpartition("\n")
+    assert printed.strip() == first.strip()
+    assert hash_line == f"# config_hash: {(tmp_path / 'config_hash.txt').read_text().strip()}"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,8 @@ import torch
 from fiddle import printing
 from fiddle.experimental import serialization
 
-from xlafw.config import validate
+from xlafw.config import config_hash, validate, write_run_files
+from xlafw.diff import diff_configs
 from xlafw.experiment import Experiment
 from xlafw.metrics import StepLogger, StepMetrics
 
@@ -56,17 +56,6 @@ def setup_logging() -> None:
     )
     for noisy in ("datasets", "fsspec", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def save_config(cfg: fdl.Config, run_dir: str, argv: Sequence[str]) -> None:
-    """Writes config.json (reloadable), config.txt (flattened) and argv.txt."""
-    os.makedirs(run_dir, exist_ok=True)
-    with open(os.path.join(run_dir, "config.json"), "w") as f:
-        f.write(serialization.dump_json(cfg, indent=2))
-    with open(os.path.join(run_dir, "config.txt"), "w") as f:
-        f.write(printing.as_str_flattened(cfg) + "\n")
-    with open(os.path.join(run_dir, "argv.txt"), "w") as f:
-        f.write(" ".join(argv) + "\n")
 
 
 @contextlib.contextmanager
@@ -109,16 +98,6 @@ class RunRefused(RuntimeError):
     """The run cannot start (unwritable checkpoints, config drift); nothing was trained."""
 
 
-def config_changes(old: fdl.Buildable, new: fdl.Buildable) -> list[str]:
-    """Path-level differences between two configs, as ``path: old -> new`` lines."""
-    a, b = printing.as_dict_flattened(old), printing.as_dict_flattened(new)
-    return [
-        f"{path}: {a.get(path, '<unset>')!r} -> {b.get(path, '<unset>')!r}"
-        for path in sorted(set(a) | set(b), key=str)
-        if repr(a.get(path)) != repr(b.get(path))
-    ]
-
-
 class Trainer:
     """Trains one built experiment on the XLA runtime.
 
@@ -131,7 +110,7 @@ class Trainer:
         self.experiment = experiment
         self.config = config
         self.config_json = serialization.dump_json(config, indent=2)
-        self.config_hash = hashlib.sha256(self.config_json.encode()).hexdigest()
+        self.config_hash = config_hash(config)
         self.run_dir = experiment.run_dir
         self.settings = experiment.trainer
         self.start_step = 0
@@ -211,8 +190,8 @@ class Trainer:
             )
         saved_json, saved_hash = self.checkpoints.saved_config(steps[-1])
         if saved_hash != self.config_hash:
-            changes = config_changes(serialization.load_json(saved_json), self.config)
-            blocking = [c for c in changes if not c.startswith(RESUMABLE_CHANGES)]
+            changes = diff_configs(serialization.load_json(saved_json), self.config)
+            blocking = [str(c) for c in changes if not c.path.startswith(RESUMABLE_CHANGES)]
             if blocking and not exp.checkpoint.allow_config_change:
                 raise CheckpointError(
                     f"the config differs from the one saved with checkpoint step {steps[-1]} "
@@ -356,7 +335,7 @@ def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
     stage(2, "config validated")
     experiment: Experiment = fdl.build(cfg)
     run_dir = experiment.run_dir
-    save_config(cfg, run_dir, argv)
+    write_run_files(cfg, run_dir, argv)
     log.info("config:\n%s", printing.as_str_flattened(cfg))
     stage(3, "config printed and saved to %s", run_dir)
     trainer = Trainer(experiment, cfg)

@@ -112,8 +112,12 @@ def check_rules(
     multi_device = math.prod(axis_sizes.values()) > 1
     used = set()
     uncovered = []
+    seen: set[str] = set()  # decoder layers repeat: report each abstract name once
     for name, param in model.named_parameters():
         abstract = abstract_name(name)
+        if abstract in seen:
+            continue
+        seen.add(abstract)
         match = next(
             ((i, s) for i, (p, s) in enumerate(rules.parameters) if matches(name, p)),
             None,
@@ -121,23 +125,23 @@ def check_rules(
         if match is None:
             uncovered.append(abstract)
             continue
-        used.add(match[0])
         index, spec = match
+        used.add(index)
         if not spec:
             continue
         if len(spec) != param.dim():
             problems.append(
-                f"sharding.parameters[{index}] gives {name} (shape {tuple(param.shape)}) the "
-                f"spec {spec} of rank {len(spec)}; the tensor has rank {param.dim()}."
+                f"sharding.parameters[{index}] gives {abstract} (shape {tuple(param.shape)}) "
+                f"the spec {spec} of rank {len(spec)}; the tensor has rank {param.dim()}."
             )
             continue
-        for dim, (size, entry) in enumerate(zip(param.shape, spec, strict=False)):
+        for dim, (size, entry) in enumerate(zip(param.shape, spec, strict=True)):
             n = ways(entry, axis_sizes)
             if size % n:
                 problems.append(
-                    f"{name}: dimension {dim} of size {size} is split {n} ways by {entry!r} "
-                    f"(sharding.parameters[{index}]) and is not divisible. Fix: change the "
-                    f"spec or the mesh."
+                    f"{abstract}: dimension {dim} of size {size} is split {n} ways by "
+                    f"{entry!r} (sharding.parameters[{index}]) and is not divisible. Fix: "
+                    f"change the spec or the mesh."
                 )
     if multi_device and uncovered:
         shown = sorted(set(uncovered))
