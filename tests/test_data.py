@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import json
 from collections import Counter
+from pydoc_data.topics import topics
 
 import numpy as np
 import pytest
@@ -12,8 +15,11 @@ import torch
 from xlafw.data import (
     SHAKESPEARE_TEXTS,
     DataPipeline,
+    DocumentBoundaries,
     HostShard,
+    LocalFiles,
     SentencePieceTokenizer,
+    StreamPosition,
     TextFiles,
 )
 from xlafw.data.files import MissingFileError, resolve
@@ -52,7 +58,7 @@ def test_packing_loses_no_token_and_keeps_shapes_fixed(tokenizer):
     docs = [f"Document number {i} says {'hello ' * (i % 7)}." for i in range(40)]
     pipeline = DataPipeline(ListSource(docs), tokenizer, seq_len=16, global_batch_size=2)
     expected = np.concatenate([[*ids, tokenizer.eos_id] for ids in tokenizer.encode_batch(docs)])
-    rows = [row for row, _ in itertools.islice(pipeline.rows(), len(expected) // 16)]
+    rows = [row.input_ids for row in itertools.islice(pipeline.rows(), len(expected) // 16)]
     assert all(r.shape == (16,) for r in rows)
     np.testing.assert_array_equal(np.concatenate(rows), expected[: 16 * len(rows)])
     batch = next(iter(pipeline))
@@ -84,3 +90,84 @@ def test_restored_pipeline_continues_at_the_exact_next_token(tokenizer, num_docs
     for a, b in zip(batches[5:], again, strict=False):
         assert torch.equal(a["input_ids"], b["input_ids"])
     assert resumed.position_after(12) == straight.position_after(12)
+
+
+def test_segment_ids_change_exactly_after_eos_and_positions_restart_there(tokenizer):
+    docs = [f"Paragraph {i}: " + "to be or not to be " * (i % 5) for i in range(30)]
+    pipeline = DataPipeline(
+        ListSource(docs),
+        tokenizer,
+        seq_len=24,
+        global_batch_size=2,
+        document_boundaries=DocumentBoundaries.SEGMENTED,
+    )
+    batch = next(iter(pipeline))
+    assert set(batch) == {"input_ids", "labels", "segment_ids", "position_ids"}
+    for ids, segments, positions in zip(
+        batch["input_ids"], batch["segment_ids"], batch["position_ids"], strict=True
+    ):
+        after_eos = torch.cat([torch.tensor([False]), ids[:-1] == tokenizer.eos_id])
+        changes = torch.cat([torch.tensor([False]), segments[1:] != segments[:-1]])
+        assert torch.equal(changes, after_eos)
+        assert segments[0] == 1 and positions[0] == 0
+        starts = after_eos | (torch.arange(24) == 0)
+        expected = torch.arange(24) - torch.cummax(torch.where(starts, torch.arange(24), 0), 0)[0]
+        assert torch.equal(positions, expected)
+
+
+def test_segmented_pipeline_yields_the_same_tokens_as_the_plain_one(tokenizer):
+    docs = [f"Line {i} " * (1 + i % 4) for i in range(25)]
+    plain = next(iter(DataPipeline(ListSource(docs), tokenizer, 16, 4)))
+    segmented = next(
+        iter(DataPipeline(ListSource(docs), tokenizer, 16, 4, DocumentBoundaries.SEGMENTED))
+    )
+    assert torch.equal(plain["input_ids"], segmented["input_ids"])
+
+
+def test_restored_segmented_pipeline_continues_exactly(tokenizer):
+    docs = [f"Scene {i}. " + "Exit, pursued by a bear. " * (i % 6) for i in range(9)]
+    make = lambda: DataPipeline(  # noqa: E731
+        ListSource(docs), tokenizer, 16, 2, DocumentBoundaries.SEGMENTED
+    )
+    straight = make()
+    batches = list(itertools.islice(iter(straight), 10))
+    resumed = make()
+    resumed.restore(straight.position_after(4), batches=4)
+    for a, b in zip(batches[4:], itertools.islice(iter(resumed), 6), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _write_jsonl_shards(directory, docs, shards):
+    for shard in range(shards):
+        with open(directory / f"part-{shard}.jsonl", "w") as f:
+            for doc in docs[shard::shards]:
+                f.write(json.dumps({"text": doc, "id": 0}) + "\n")
+    return str(directory / "part-*.jsonl")
+
+
+@pytest.mark.parametrize("shards", [2, 3])  # 3 files on 2 hosts: every-Nth example
+def test_json_lines_hosts_read_disjoint_records_that_cover_the_stream(tmp_path, shards):
+    docs = list(topics.values())
+    source = LocalFiles(paths=(_write_jsonl_shards(tmp_path, docs, shards),), format="json")
+    hosts = [Counter(source.documents(rank, 2)) for rank in range(2)]
+    assert hosts[0] + hosts[1] == Counter(source.documents(0, 1)) == Counter(docs)
+    assert min(sum(h.values()) for h in hosts) >= len(docs) // 2 - 1
+
+
+def test_parquet_hosts_read_disjoint_rows_that_cover_the_stream(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = [f"{name}: {text}" for name, text in topics.items()]  # unique documents
+    pq.write_table(pa.table({"body": docs}), tmp_path / "topics.parquet", row_group_size=16)
+    source = LocalFiles(paths=(str(tmp_path / "*.parquet"),), format="parquet", text_field="body")
+    hosts = [list(source.documents(rank, 2)) for rank in range(2)]
+    assert not set(hosts[0]) & set(hosts[1])
+    assert Counter(hosts[0] + hosts[1]) == Counter(docs)
+
+
+def test_stream_position_survives_the_checkpoint_json_round_trip():
+    position = StreamPosition(
+        document=7, offset=3, sources=(StreamPosition(1, 2, 0, 50), StreamPosition(0, 9, 0, 12))
+    )
+    assert StreamPosition(**json.loads(json.dumps(dataclasses.asdict(position)))) == position

@@ -1,17 +1,33 @@
-"""Data: sources, tokenizers and the packing pipeline."""
+"""Data: sources, mixtures, tokenizers, packing, collators and the pipelines."""
 
-from xlafw.data.pipeline import DataPipeline, HostShard, StreamPosition
-from xlafw.data.sources import SHAKESPEARE_TEXTS, HubDataset, TextFiles
+from xlafw.data.collators import (
+    ChatMessages,
+    DocumentBoundaries,
+    PromptCompletion,
+    Truncation,
+)
+from xlafw.data.mixture import Mixture
+from xlafw.data.pipeline import DataPipeline, HostShard
+from xlafw.data.sft import SftPipeline
+from xlafw.data.sources import SHAKESPEARE_TEXTS, HubDataset, LocalFiles, TextFiles
+from xlafw.data.streams import StreamPosition
 from xlafw.data.tokenizers import HuggingFaceTokenizer, SentencePieceTokenizer, Tokenizer
 
 __all__ = [
     "SHAKESPEARE_TEXTS",
+    "ChatMessages",
     "DataPipeline",
+    "DocumentBoundaries",
     "HostShard",
     "HubDataset",
     "HuggingFaceTokenizer",
+    "LocalFiles",
+    "Mixture",
+    "PromptCompletion",
     "SentencePieceTokenizer",
+    "SftPipeline",
     "StreamPosition",
     "TextFiles",
     "Tokenizer",
+    "Truncation",
 ]

@@ -3,50 +3,34 @@
 Shapes never change (every batch is ``[per_host_batch, seq_len]``), so the
 train step compiles once. Documents are tokenized in chunks, joined with EOS
 between them and cut into rows of exactly ``seq_len`` tokens; a document that
-does not fit carries over to the next row. The stream restarts when it ends
-(one pass = one epoch).
+does not fit carries over to the next row (``xlafw.data.packing``). The stream
+restarts when it ends (one pass = one epoch). The source may be a ``Mixture``,
+weighted by tokens (``xlafw.data.mixture``).
 
 The pipeline remembers, for every batch it produced, the exact stream position
-after it (epoch, document, token offset), so a checkpoint can record where the
-consumed data ends and a restart resumes at the next token: no batch repeated,
-none skipped. Restoring skips documents as text, without tokenizing them.
+after it, so a checkpoint can record where the consumed data ends and a
+restart resumes at the next token: no batch repeated, none skipped. Restoring
+skips documents as text, without tokenizing them.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import itertools
 from collections.abc import Iterator
-from typing import Protocol
 
-import numpy as np
 import torch
 
+from xlafw.data.collators import DocumentBoundaries, causal_lm_batch
+from xlafw.data.mixture import Mixture, tokenized_stream
+from xlafw.data.packing import PackedRow, pack_rows
+from xlafw.data.streams import DocumentSource, StreamPosition
 from xlafw.data.tokenizers import Tokenizer
 
-TOKENIZE_CHUNK_DOCS = 256
 # Stream positions remembered per produced batch; more than the loader prefetches.
 POSITIONS_KEPT = 256
 
-
-@dataclasses.dataclass(frozen=True)
-class StreamPosition:
-    """Where this host's stream stands: the next unread token.
-
-    Attributes:
-      epoch: passes over the data completed before this one.
-      document: index of the document (in this host's stream for the epoch).
-      offset: tokens of that document already used.
-    """
-
-    epoch: int = 0
-    document: int = 0
-    offset: int = 0
-
-
-class DocumentSource(Protocol):
-    def documents(self, process_index: int, process_count: int) -> Iterator[str]: ...
+__all__ = ["DataPipeline", "HostShard", "StreamPosition"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,115 +46,93 @@ class HostShard:
     process_count: int = 1
 
 
-class DataPipeline:
+class BatchPositions:
+    """The stream position after each produced batch, for checkpoints.
+
+    The device loader prefetches ahead of the step loop, so the trainer asks
+    for the position after the batch it actually consumed, not the latest.
+    """
+
+    def __init__(self) -> None:
+        self._start = StreamPosition()
+        self._start_batch = 0
+        self._after: dict[int, StreamPosition] = {}
+
+    def restore(self, position: StreamPosition, batches: int) -> None:
+        """Resumes at ``position`` after ``batches`` batches (from a checkpoint)."""
+        self._start, self._start_batch = position, batches
+
+    def position_after(self, batch: int) -> StreamPosition:
+        """Where the stream stands once batch number ``batch`` (1-based) was produced."""
+        if batch == self._start_batch:
+            return self._start
+        return self._after[batch]
+
+    def _record(self, batch: int, position: StreamPosition) -> None:
+        self._after[batch] = position
+        self._after.pop(batch - POSITIONS_KEPT, None)
+
+
+def check_host_split(global_batch_size: int, host: HostShard) -> int:
+    """Returns the rows per host; raises ValueError if the batch does not split."""
+    if global_batch_size % host.process_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} is not divisible by "
+            f"{host.process_count} hosts. Fix: make it a multiple of the host count."
+        )
+    return global_batch_size // host.process_count
+
+
+class DataPipeline(BatchPositions):
     """Packed causal-LM batches for one host.
 
+    Yields ``input_ids`` and ``labels`` (equal: the model shifts), plus
+    ``segment_ids`` and ``position_ids`` with ``DocumentBoundaries.SEGMENTED``;
+    each ``[global_batch_size // process_count, seq_len]`` int64.
+
     Args:
-      source: where documents come from.
+      source: where documents come from: a source or a ``Mixture`` of them.
       tokenizer: turns documents into ids.
       seq_len: tokens per row.
       global_batch_size: rows per step over all hosts; each host yields
         ``global_batch_size // process_count`` of them.
+      document_boundaries: whether batches carry segment and per-document
+        position ids (attention stops at document boundaries) or not.
       host: this process's share; the trainer fills it from the runtime.
     """
 
     def __init__(
         self,
-        source: DocumentSource,
+        source: DocumentSource | Mixture,
         tokenizer: Tokenizer,
         seq_len: int,
         global_batch_size: int,
+        document_boundaries: DocumentBoundaries = DocumentBoundaries.IGNORED,
         host: HostShard = HostShard(),
     ):
-        if global_batch_size % host.process_count:
-            raise ValueError(
-                f"global_batch_size={global_batch_size} is not divisible by "
-                f"{host.process_count} hosts"
-            )
+        super().__init__()
+        self.host_batch_size = check_host_split(global_batch_size, host)
         self.source = source
         self.tokenizer = tokenizer
         self.seq_len = seq_len
         self.global_batch_size = global_batch_size
+        self.document_boundaries = document_boundaries
         self.host = host
-        self.host_batch_size = global_batch_size // host.process_count
-        self._start = StreamPosition()
-        self._start_batch = 0
-        self._positions: dict[int, StreamPosition] = {}
 
     @property
     def tokens_per_step(self) -> int:
         return self.global_batch_size * self.seq_len
 
-    def restore(self, position: StreamPosition, batches: int) -> None:
-        """Resumes at ``position`` after ``batches`` batches (from a checkpoint)."""
-        self._start = position
-        self._start_batch = batches
-
-    def position_after(self, batch: int) -> StreamPosition:
-        """Where the stream stands once batch number ``batch`` (1-based) was produced.
-
-        The device loader prefetches ahead of the step loop, so the trainer asks
-        for the position after the batch it actually consumed.
-        """
-        return self._positions[batch]
-
-    def _documents(self, start: StreamPosition) -> Iterator[tuple[StreamPosition, np.ndarray]]:
-        """Yields ``(position of the first token, tokens + EOS)`` per document, forever."""
-        eos = self.tokenizer.eos_id
-        for epoch in itertools.count(start.epoch):
-            skip = start.document if epoch == start.epoch else 0
-            docs = itertools.islice(
-                self.source.documents(self.host.process_index, self.host.process_count), skip, None
-            )
-            index = skip
-            while chunk := list(itertools.islice(docs, TOKENIZE_CHUNK_DOCS)):
-                for ids in self.tokenizer.encode_batch(chunk):
-                    tokens = np.asarray([*ids, eos], dtype=np.int64)
-                    offset = start.offset if (epoch, index) == (start.epoch, start.document) else 0
-                    yield StreamPosition(epoch, index, offset), tokens[offset:]
-                    index += 1
-            if index == 0:
-                raise ValueError("the data source yielded no documents for this host")
-
-    def rows(
-        self, start: StreamPosition = StreamPosition()
-    ) -> Iterator[tuple[np.ndarray, StreamPosition]]:
-        """Yields packed ``[seq_len]`` rows and the position just after each.
-
-        No token is dropped: a document that does not fit carries over to the next
-        row.
-        """
-        pending: collections.deque[tuple[StreamPosition, np.ndarray]] = collections.deque()
-        available = 0
-        for position, tokens in self._documents(start):
-            pending.append((position, tokens))
-            available += len(tokens)
-            while available >= self.seq_len:
-                parts, need = [], self.seq_len
-                while need:
-                    head, head_tokens = pending[0]
-                    take = min(need, len(head_tokens))
-                    parts.append(head_tokens[:take])
-                    need -= take
-                    if take == len(head_tokens):
-                        pending.popleft()
-                        after = StreamPosition(head.epoch, head.document + 1, 0)
-                    else:
-                        after = dataclasses.replace(head, offset=head.offset + take)
-                        pending[0] = (after, head_tokens[take:])
-                available -= self.seq_len
-                yield np.concatenate(parts), after
+    def rows(self, start: StreamPosition = StreamPosition()) -> Iterator[PackedRow]:
+        """Yields packed ``[seq_len]`` rows from ``start``, each with the position after it."""
+        documents = tokenized_stream(
+            self.source, self.tokenizer, self.host.process_index, self.host.process_count, start
+        )
+        return pack_rows(documents, self.seq_len)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rows = self.rows(self._start)
-        batch = self._start_batch
-        while True:
-            block, position = [], None
-            for _ in range(self.host_batch_size):
-                row, position = next(rows)
-                block.append(row)
-            batch += 1
-            self._positions[batch] = position
-            self._positions.pop(batch - POSITIONS_KEPT, None)
-            ids = torch.from_numpy(np.stack(block))
-            yield {"input_ids": ids, "labels": ids.clone()}
+        for batch in itertools.count(self._start_batch + 1):
+            block = [next(rows) for _ in range(self.host_batch_size)]
+            self._record(batch, block[-1].end)
+            yield causal_lm_batch(block, self.document_boundaries)

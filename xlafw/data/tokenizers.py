@@ -33,6 +33,11 @@ class Tokenizer(abc.ABC):
         """Id used for padding (never a loss target)."""
         return self.eos_id
 
+    @property
+    def bos_id(self) -> int | None:
+        """Beginning-of-sequence id SFT examples start with; None if there is none."""
+        return None
+
     @abc.abstractmethod
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """Tokenizes texts without special tokens."""
@@ -62,6 +67,11 @@ class SentencePieceTokenizer(Tokenizer):
     def eos_id(self) -> int:
         return self._processor.eos_id()
 
+    @property
+    def bos_id(self) -> int | None:
+        bos = self._processor.bos_id()
+        return None if bos < 0 else bos
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self._processor.encode(texts)
 
@@ -90,6 +100,10 @@ class HuggingFaceTokenizer(Tokenizer):
     @property
     def eos_id(self) -> int:
         return self._tokenizer.eos_token_id
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._tokenizer.bos_token_id
 
     @property
     def pad_id(self) -> int:
