@@ -7,10 +7,13 @@ Why not ``datasets.interleave_datasets``: it samples *examples* with the given
 probabilities, so a source of long documents gets more than its share of
 tokens (and torchprime's fork ignored the weights altogether). Here the next
 document always comes from the source furthest below its share: the one with
-the smallest ``tokens supplied / weight``. This is deterministic (no seed is
-needed; shuffle within each source with its own ``shuffle_buffer``), its token
-shares are off by at most one document at any moment, and resuming needs only
-each source's position and token count, which ``StreamPosition`` holds.
+the smallest ``(tokens supplied + half its next document) / weight`` (the half
+centres the error: taking a long document overshoots its share, not taking it
+undershoots). This is deterministic (no seed is needed; shuffle within each
+source with its own ``shuffle_buffer``), the token shares are off by at most
+one document at any moment, and resuming needs only each source's position and
+token count, which ``StreamPosition`` holds: the next document of every source
+is read again from there.
 
 Each source cycles through its own epochs independently: a small source with a
 large weight is repeated more often (upsampled), a large one with a small weight
@@ -87,11 +90,15 @@ def mixed_documents(
         tokenized_documents(source, tokenizer, process_index, process_count, position)
         for source, position in zip(mixture.sources, positions, strict=True)
     ]
+    heads = [next(stream) for stream in streams]
     document, offset = start.document, start.offset
     while True:
-        chosen = min(range(len(weights)), key=lambda i: positions[i].tokens / weights[i])
+        chosen = min(
+            range(len(weights)),
+            key=lambda i: (positions[i].tokens + len(heads[i].tokens) / 2) / weights[i],
+        )
         before = StreamPosition(document=document, offset=offset, sources=tuple(positions))
-        full = next(streams[chosen])
+        full, heads[chosen] = heads[chosen], next(streams[chosen])
         positions[chosen] = dataclasses.replace(
             full.end, tokens=positions[chosen].tokens + len(full.tokens)
         )
