@@ -21,7 +21,7 @@ from xlafw.data import (
     SentencePieceTokenizer,
     TextFiles,
 )
-from xlafw.experiment import Checkpointing, Experiment, TrainerSettings
+from xlafw.experiment import Checkpointing, Experiment, MetricsSettings, TrainerSettings
 from xlafw.models import Llama3RopeScaling, LlamaConfig, LlamaForCausalLM
 from xlafw.optim import AdamW, WarmupCosine
 from xlafw.parallel import AxisSizes, Mesh, RematPolicy, ShardingRules
@@ -48,6 +48,7 @@ def _experiment(model: fdl.Partial, data: fdl.Partial) -> fdl.Config[Experiment]
         remat=fdl.Config(RematPolicy),
         trainer=fdl.Config(TrainerSettings),
         checkpoint=fdl.Config(Checkpointing),
+        metrics=fdl.Config(MetricsSettings),
     )
 
 

@@ -46,6 +46,10 @@ class TrainerSettings:
       max_grad_norm: clip gradients to this global L2 norm; None disables.
       run_dir: where the run writes its config and metrics. ``{experiment}`` is
         replaced by the experiment's name.
+      compile_cache: XLA's persistent compilation cache. ``auto`` turns it on
+        on TPU and off on XLA's CPU backend, whose PJRT client writes entries
+        but cannot deserialize them (BUILD_NOTES.md, "Compile cache").
+      compile_cache_dir: where the cache lives (shared by runs).
     """
 
     max_steps: int = 100
@@ -55,10 +59,36 @@ class TrainerSettings:
     dtype: Literal["float32", "bfloat16"] = "float32"
     max_grad_norm: float | None = 1.0
     run_dir: str = "runs/{experiment}"
+    compile_cache: Literal["auto", "on", "off"] = "auto"
+    compile_cache_dir: str = "~/.cache/xlafw/xla_compile_cache"
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    """Where metrics go and what is watched while training.
+
+    Attributes:
+      wandb: ``disabled``, ``offline`` (files under the run directory, sync
+        later with ``wandb sync``) or ``online``. The run is named after the
+        experiment and gets the full flattened config.
+      wandb_project: the wandb project.
+      profile_steps: ``(first, last)`` steps to capture an XLA profile of, into
+        ``<run_dir>/profile`` (TensorBoard's profile plugin reads it); None: off.
+      on_recompile: what a compilation after warm-up does: ``warn`` logs the
+        step and the likely cause, ``error`` stops the run.
+      peak_tflops_per_device: peak dense TFLOP/s of one device for MFU. None:
+        the TPU generation's bf16 peak, or on CPU a measured matmul rate.
+    """
+
+    wandb: Literal["disabled", "offline", "online"] = "disabled"
+    wandb_project: str = "xlafw"
+    profile_steps: tuple[int, int] | None = None
+    on_recompile: Literal["warn", "error"] = "warn"
+    peak_tflops_per_device: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +132,7 @@ class Experiment:
       remat: what to recompute in the backward pass.
       trainer: loop length, logging, seed, dtype, clipping, run directory.
       checkpoint: checkpoint cadence, retention and resume policy.
+      metrics: wandb, profiling, recompilation alarm, MFU peak.
       name: the experiment's name; set by the resolver to the function name.
     """
 
@@ -114,6 +145,7 @@ class Experiment:
     remat: RematPolicy = RematPolicy()
     trainer: TrainerSettings = TrainerSettings()
     checkpoint: Checkpointing = Checkpointing()
+    metrics: MetricsSettings = MetricsSettings()
     name: str = "experiment"
 
     @property

@@ -1,10 +1,12 @@
-"""Step metrics: read on the host in step closures, written to log sinks.
+"""Step metrics: read on the host in step closures, written to sinks.
 
-The trainer hands device tensors to ``StepLogger.on_step`` through
+The trainer hands device tensors to ``StepLogger`` through
 ``xm.add_step_closure``; values are read there, after the step's graph ran, so
 logging never adds a graph or a recompilation. Throughput is measured between
 consecutive logged steps (wall clock), which on an asynchronous device is the
-rate the device completes steps.
+rate the device completes steps. MFU = achieved model FLOP/s over the peak of
+all devices; model FLOPs per token come from the config (MaxText's formula,
+``xlafw.config.plan.flops_per_token``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import json
 import logging
 import math
 import time
-from typing import IO
+import uuid
+from collections.abc import Callable
 
 import torch
 
@@ -29,8 +32,12 @@ class StepMetrics:
       step: 1-based optimizer step.
       loss: mean loss over the steps since the previous log line.
       grad_norm: global gradient norm before clipping.
+      update_norm: global norm of the optimizer's update (lr times the clipped
+        Adam step), weight decay excluded.
       lr: learning rate used by the step.
-      tokens_per_s: tokens per second over the steps since the last log.
+      tokens_per_s: global tokens per second since the last log line.
+      tokens_per_s_per_device: the same divided by the device count.
+      mfu: model FLOPs utilization (0..1) over the same window.
       step_time_s: seconds per step over the same window.
       tokens_seen: tokens trained on so far.
       compiles: XLA compilations so far in this process.
@@ -40,8 +47,11 @@ class StepMetrics:
     step: int
     loss: float
     grad_norm: float
+    update_norm: float
     lr: float
     tokens_per_s: float
+    tokens_per_s_per_device: float
+    mfu: float
     step_time_s: float
     tokens_seen: int
     compiles: int
@@ -52,20 +62,81 @@ class StepMetrics:
         epoch = f" epoch {self.epoch:.2f} |" if self.epoch is not None else ""
         return (
             f"step {self.step:>5}/{max_steps} |{epoch} loss {self.loss:.4f} | "
-            f"grad_norm {self.grad_norm:.3f} | lr {self.lr:.2e} | "
-            f"{self.tokens_per_s:,.0f} tok/s | {self.step_time_s:.3f} s/step | "
-            f"compiles {self.compiles} | eta {eta / 60:.1f} min"
+            f"grad {self.grad_norm:.3f} | update {self.update_norm:.3g} | lr {self.lr:.2e} | "
+            f"{self.tokens_per_s:,.0f} tok/s | mfu {100 * self.mfu:.1f}% | "
+            f"{self.step_time_s:.3f} s/step | compiles {self.compiles} | "
+            f"eta {eta / 60:.1f} min"
         )
 
 
+class JsonlSink:
+    """Appends one JSON object per logged step to a file."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "a")  # noqa: SIM115 - a sink lives as long as the loop
+
+    def __call__(self, metrics: StepMetrics) -> None:
+        self.file.write(json.dumps(dataclasses.asdict(metrics)) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class WandbSink:
+    """Logs to Weights & Biases; a resumed run continues the same wandb run.
+
+    Args:
+      mode: ``offline`` or ``online``.
+      project: the wandb project.
+      name: the run name (the experiment's).
+      run_dir: wandb files go to ``<run_dir>/wandb``; the run id is kept in
+        ``<run_dir>/wandb_id.txt`` so a restart resumes it.
+      config: the flattened config, logged as the run's config.
+    """
+
+    def __init__(self, mode: str, project: str, name: str, run_dir: str, config: dict):
+        import os
+
+        import wandb
+
+        id_file = os.path.join(run_dir, "wandb_id.txt")
+        if os.path.exists(id_file):
+            with open(id_file) as f:
+                run_id = f.read().strip()
+        else:
+            run_id = uuid.uuid4().hex[:12]
+            with open(id_file, "w") as f:
+                f.write(run_id)
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            dir=run_dir,
+            config=config,
+        )
+
+    def __call__(self, metrics: StepMetrics) -> None:
+        values = {f"train/{k}": v for k, v in dataclasses.asdict(metrics).items() if v is not None}
+        self.run.log(values, step=metrics.step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
 class StepLogger:
-    """Turns device tensors into ``StepMetrics`` and writes them out.
+    """Turns a step's device tensors into ``StepMetrics`` and writes them to sinks.
 
     Args:
       tokens_per_step: global tokens consumed by one step.
       max_steps: the run's last step, for the ETA.
       steps_per_epoch: for the logged epoch; None if unknown.
-      jsonl: an open file receiving one JSON object per logged step, or None.
+      num_devices: devices sharing the work, for per-device throughput.
+      flops_per_token: model FLOPs (forward + backward) per token.
+      peak_flops: peak FLOP/s of all devices together.
+      sinks: called with every ``StepMetrics``.
       compile_counter: returns the compilations so far.
     """
 
@@ -74,13 +145,19 @@ class StepLogger:
         tokens_per_step: int,
         max_steps: int,
         steps_per_epoch: int | None,
-        jsonl: IO[str] | None,
-        compile_counter,
+        num_devices: int,
+        flops_per_token: int,
+        peak_flops: float,
+        sinks: list[Callable[[StepMetrics], None]],
+        compile_counter: Callable[[], int],
     ):
         self.tokens_per_step = tokens_per_step
         self.max_steps = max_steps
         self.steps_per_epoch = steps_per_epoch
-        self.jsonl = jsonl
+        self.num_devices = num_devices
+        self.flops_per_token = flops_per_token
+        self.peak_flops = peak_flops
+        self.sinks = sinks
         self.compile_counter = compile_counter
         self.history: list[StepMetrics] = []
         self._last: tuple[int, float] | None = None
@@ -98,7 +175,10 @@ class StepLogger:
         """Reads the logging window's values; runs in a step closure.
 
         The logged loss is the mean over every step since the last log line, so
-        it is not one batch's noise; grad norm and lr are this step's.
+        it is not one batch's noise; grad norm, update norm and lr are this step's.
+
+        Raises:
+          FloatingPointError: when the loss is NaN or infinite.
         """
         now = time.perf_counter()
         last_step, last_time = self._last or (step - 1, now)
@@ -107,12 +187,16 @@ class StepLogger:
         elapsed = max(now - last_time, 1e-9)
         losses = [t.item() for t in self._window]
         self._window.clear()
+        tokens_per_s = steps * self.tokens_per_step / elapsed
         metrics = StepMetrics(
             step=step,
             loss=sum(losses) / len(losses),
             grad_norm=aux["grad_norm"].item(),
+            update_norm=aux["update_norm"].item(),
             lr=aux["lr"].item(),
-            tokens_per_s=steps * self.tokens_per_step / elapsed,
+            tokens_per_s=tokens_per_s,
+            tokens_per_s_per_device=tokens_per_s / self.num_devices,
+            mfu=tokens_per_s * self.flops_per_token / self.peak_flops,
             step_time_s=elapsed / steps,
             tokens_seen=step * self.tokens_per_step,
             compiles=self.compile_counter(),
@@ -120,11 +204,35 @@ class StepLogger:
         )
         self.history.append(metrics)
         log.info(metrics.human(self.max_steps))
-        if self.jsonl is not None:
-            self.jsonl.write(json.dumps(dataclasses.asdict(metrics)) + "\n")
-            self.jsonl.flush()
+        for sink in self.sinks:
+            sink(metrics)
         if not math.isfinite(metrics.loss):
             raise FloatingPointError(
                 f"loss is {metrics.loss} at step {step}; stopping. Lower the learning "
                 f"rate or check the data."
             )
+
+
+def plot(jsonl_path: str, png_path: str) -> None:
+    """Draws loss and throughput against step from a metrics file into a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(jsonl_path) as f:
+        rows = [json.loads(line) for line in f]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    top.plot(steps, [r["loss"] for r in rows])
+    top.set_ylabel("loss")
+    top.grid(alpha=0.3)
+    bottom.plot(steps, [r["tokens_per_s"] for r in rows])
+    bottom.set_ylabel("tokens/s")
+    bottom.set_xlabel("step")
+    bottom.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)

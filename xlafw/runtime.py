@@ -46,8 +46,17 @@ class RuntimeInfo:
     spmd: bool
 
 
-def start(spmd: bool) -> RuntimeInfo:
-    """Starts the runtime, in SPMD mode when asked; returns what it sees."""
+def start(spmd: bool, compile_cache_dir: str | None = None) -> RuntimeInfo:
+    """Starts the runtime, in SPMD mode when asked; returns what it sees.
+
+    Args:
+      spmd: one program over every device (required on TPU meshes).
+      compile_cache_dir: XLA's persistent compilation cache, or None for none.
+        It must be set before the first compilation.
+    """
+    if compile_cache_dir:
+        xr.initialize_cache(os.path.expanduser(compile_cache_dir), readonly=False)
+        log.info("persistent compilation cache: %s", compile_cache_dir)
     if spmd:
         xr.use_spmd()
     num_devices = xr.global_runtime_device_count()  # initializes the PJRT client
@@ -68,6 +77,16 @@ def start(spmd: bool) -> RuntimeInfo:
         spmd,
     )
     return info
+
+
+def tpu_generation() -> str | None:
+    """``v4``, ``v5e``, ``v5p``, ``v6e``... for a TPU runtime, else None."""
+    if xr.device_type() != "TPU":
+        return None
+    from torch_xla._internal import tpu
+
+    accelerator = tpu.get_tpu_type()  # e.g. "v5litepod-16", "v5p-128", "v6e-8"
+    return accelerator.split("-")[0].replace("v5litepod", "v5e")
 
 
 def seed_everything(seed: int) -> None:

@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 import fiddle as fdl
@@ -34,9 +35,10 @@ from fiddle import printing
 from fiddle.experimental import serialization
 
 from xlafw.config import config_hash, validate, write_run_files
+from xlafw.config.plan import flops_per_token
 from xlafw.diff import diff_configs
 from xlafw.experiment import Experiment
-from xlafw.metrics import StepLogger, StepMetrics
+from xlafw.metrics import JsonlSink, StepLogger, StepMetrics, WandbSink, plot
 
 log = logging.getLogger(__name__)
 STARTUP_STAGES = 13
@@ -124,7 +126,9 @@ class Trainer:
         from xlafw.parallel import apply as parallel_apply
 
         exp, settings = self.experiment, self.settings
-        self.rt = runtime.start(spmd=parallel_apply.wants_spmd(exp.mesh))
+        self.rt = runtime.start(
+            spmd=parallel_apply.wants_spmd(exp.mesh), compile_cache_dir=self._compile_cache_dir()
+        )
         stage(4, "seed %d (python, numpy, torch, XLA)", settings.seed)
         runtime.seed_everything(settings.seed)
         stage(5, "default dtype float32")
@@ -167,6 +171,17 @@ class Trainer:
             schedule,
             self._restore_or_start(),
         )
+
+    def _compile_cache_dir(self) -> str | None:
+        mode, on_cpu = self.settings.compile_cache, os.environ.get("PJRT_DEVICE", "CPU") == "CPU"
+        if mode == "auto" and on_cpu:
+            log.info(
+                "persistent compilation cache off: XLA's CPU client writes entries but cannot "
+                "deserialize them (trainer.compile_cache=on forces it; BUILD_NOTES.md)"
+            )
+        if mode == "on" or (mode == "auto" and not on_cpu):
+            return self.settings.compile_cache_dir
+        return None
 
     def _restore_or_start(self) -> str:
         """Creates the checkpoint manager and resumes from the newest checkpoint."""
@@ -226,6 +241,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return out.loss, {
             "grad_norm": grad_norm,
+            "update_norm": self.optimizer.last_update_norm,
             "lr": self.optimizer.last_lr,
             "target_tokens": out.num_target_tokens,
         }
@@ -260,6 +276,7 @@ class Trainer:
         """
         import torch_xla
         import torch_xla.core.xla_model as xm
+        import torch_xla.debug.profiler as xp
         import torch_xla.distributed.parallel_loader as pl
 
         from xlafw import runtime
@@ -268,63 +285,136 @@ class Trainer:
         loader = pl.MpDeviceLoader(self.data, self.rt.device, input_sharding=self.input_sharding)
         batches = iter(loader)
         self.model.train()
+        sinks = self._sinks()
+        logger = StepLogger(
+            tokens_per_step=self.data.tokens_per_step,
+            max_steps=settings.max_steps,
+            steps_per_epoch=settings.steps_per_epoch,
+            num_devices=self.rt.num_devices,
+            flops_per_token=flops_per_token(self.config, self.model),
+            peak_flops=self._peak_flops(),
+            sinks=sinks,
+            compile_counter=runtime.compile_count,
+        )
+        profile = self.experiment.metrics.profile_steps
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        stage(
+            13,
+            "step loop: steps %d..%d, %s tokens/step, logging every %d",
+            self.start_step + 1,
+            settings.max_steps,
+            f"{self.data.tokens_per_step:,}",
+            settings.log_every,
+        )
+        logger.start(self.start_step)
+        compiles, shapes = runtime.compile_count(), None
+        step = self.start_step
         try:
-            with open(os.path.join(self.run_dir, "metrics.jsonl"), "a") as jsonl:
-                logger = StepLogger(
-                    tokens_per_step=self.data.tokens_per_step,
-                    max_steps=settings.max_steps,
-                    steps_per_epoch=settings.steps_per_epoch,
-                    jsonl=jsonl,
-                    compile_counter=runtime.compile_count,
+            for step in range(self.start_step + 1, settings.max_steps + 1):
+                batch = next(batches)
+                if profile and step == profile[0]:
+                    xm.wait_device_ops()
+                    xp.start_trace(os.path.join(self.run_dir, "profile"))
+                scheduled_save = (every and step % every == 0) or step == settings.max_steps
+                log_now = (
+                    scheduled_save or step == self.start_step + 1 or step % settings.log_every == 0
                 )
-                stage(
-                    13,
-                    "step loop: steps %d..%d, %s tokens/step, logging every %d",
-                    self.start_step + 1,
-                    settings.max_steps,
-                    f"{self.data.tokens_per_step:,}",
-                    settings.log_every,
-                )
-                logger.start(self.start_step)
-                for step in range(self.start_step + 1, settings.max_steps + 1):
-                    batch = next(batches)
-                    scheduled_save = (every and step % every == 0) or step == settings.max_steps
-                    log_now = (
-                        scheduled_save
-                        or step == self.start_step + 1
-                        or step % settings.log_every == 0
-                    )
-                    try:
-                        with torch_xla.compile(name="train_step"):
-                            loss, aux = self.train_step(batch)
-                            logger.record(loss)
-                            if log_now:
-                                # Synchronous: values are read right after this step's
-                                # graph ran, so a NaN stops the run before it is saved.
-                                xm.add_step_closure(
-                                    logger.on_step, args=(step, aux), run_async=False
-                                )
-                        stopping = self._stop_signal is not None
-                        if stopping and not log_now:
-                            logger.on_step(step, aux)  # the step ran: a plain read, no graph
-                    except FloatingPointError as e:
-                        newest = self.checkpoints.steps()
-                        raise TrainingStopped(
-                            f"{e} The newest good checkpoint is "
-                            f"{self.checkpoints.path(newest[-1]) if newest else 'none'}."
-                        ) from None
-                    if scheduled_save or stopping:
-                        self._save(step)
-                    if stopping:
-                        log.warning("stopped after step %d on a signal; rerun to resume", step)
-                        break
-                xm.wait_device_ops()
+                try:
+                    with torch_xla.compile(name="train_step"):
+                        loss, aux = self.train_step(batch)
+                        logger.record(loss)
+                        if log_now:
+                            # Synchronous: values are read right after this step's
+                            # graph ran, so a NaN stops the run before it is saved.
+                            xm.add_step_closure(logger.on_step, args=(step, aux), run_async=False)
+                    stopping = self._stop_signal is not None
+                    if stopping and not log_now:
+                        logger.on_step(step, aux)  # the step ran: a plain read, no graph
+                except FloatingPointError as e:
+                    newest = self.checkpoints.steps()
+                    raise TrainingStopped(
+                        f"{e} The newest good checkpoint is "
+                        f"{self.checkpoints.path(newest[-1]) if newest else 'none'}."
+                    ) from None
+                if profile and step == profile[1]:
+                    xm.wait_device_ops()
+                    xp.stop_trace()
+                    log.info("XLA profile of steps %d-%d in %s/profile", *profile, self.run_dir)
+                new_shapes = {k: tuple(v.shape) for k, v in batch.items()}
+                now_compiled = runtime.compile_count()
+                if step > self.start_step + 2 and now_compiled > compiles:
+                    self._on_recompile(step, shapes, new_shapes)
+                compiles, shapes = now_compiled, new_shapes
+                if scheduled_save or stopping:
+                    self._save(step)
+                if stopping:
+                    log.warning("stopped after step %d on a signal; rerun to resume", step)
+                    break
+            xm.wait_device_ops()
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            for sink in sinks:
+                sink.close()
+        metrics_file = os.path.join(self.run_dir, "metrics.jsonl")
+        if self.rt.process_index == 0:
+            plot(metrics_file, os.path.join(self.run_dir, "metrics.png"))
         log.info("training finished at step %d of %d", step, settings.max_steps)
         return logger.history
+
+    def _sinks(self) -> list:
+        sinks: list = [JsonlSink(os.path.join(self.run_dir, "metrics.jsonl"))]
+        settings = self.experiment.metrics
+        if settings.wandb != "disabled" and self.rt.process_index == 0:
+            config = {k: str(v) for k, v in printing.as_dict_flattened(self.config).items()}
+            sinks.append(
+                WandbSink(
+                    settings.wandb,
+                    settings.wandb_project,
+                    self.experiment.name,
+                    self.run_dir,
+                    config,
+                )
+            )
+        return sinks
+
+    def _peak_flops(self) -> float:
+        """Peak FLOP/s of all devices together, for MFU."""
+        from xlafw import runtime
+        from xlafw.config.hardware import TPU_TYPES
+
+        declared = self.experiment.metrics.peak_tflops_per_device
+        if declared:
+            return declared * 1e12 * self.rt.num_devices
+        generation = runtime.tpu_generation()
+        if generation in TPU_TYPES:
+            return TPU_TYPES[generation].peak_bf16_flops * self.rt.num_devices
+        # XLA's CPU backend: every virtual device shares the host's cores, so
+        # the host's matmul rate is the peak of all of them together.
+        peak = measured_cpu_matmul_flops()
+        log.info("MFU peak: %.1f GFLOP/s measured (host matmul, float32)", peak / 1e9)
+        return peak
+
+    def _on_recompile(self, step: int, before: dict | None, after: dict) -> None:
+        cause = (
+            f"input shapes changed {before} -> {after}"
+            if before != after
+            else "the step graph changed (PT_XLA_DEBUG_LEVEL=2 prints the cause)"
+        )
+        message = f"XLA recompiled at step {step}, after warm-up: {cause}"
+        if self.experiment.metrics.on_recompile == "error":
+            raise TrainingStopped(message + " (metrics.on_recompile=error)")
+        log.warning(message)
+
+
+def measured_cpu_matmul_flops(size: int = 1024, repeats: int = 5) -> float:
+    """FLOP/s of a float32 matmul on the host CPU (eager torch)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * size**3 / (time.perf_counter() - start)
 
 
 def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:

@@ -54,6 +54,7 @@ class AdamW(torch.optim.Optimizer):
         self.update_clip = update_clip
         self.schedule = schedule
         self.last_lr: torch.Tensor | None = None
+        self.last_update_norm: torch.Tensor | None = None
 
     @torch.no_grad()
     def init_state(self) -> None:
@@ -90,6 +91,7 @@ class AdamW(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
         loss = closure() if closure is not None else None
+        update_squares = []
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for p in group["params"]:
@@ -114,7 +116,11 @@ class AdamW(torch.optim.Optimizer):
                     update = update / (rms / self.update_clip).clamp(min=1.0).to(update.dtype)
                 if group["weight_decay"] and p.ndim >= 2:
                     p.mul_(1 - lr * group["weight_decay"])
-                p.sub_(lr.to(p.dtype) * update)
+                delta = lr.to(p.dtype) * update
+                update_squares.append(delta.float().pow(2).sum())
+                p.sub_(delta)
+        if update_squares:
+            self.last_update_norm = torch.stack(update_squares).sum().sqrt()
         return loss
 
 
