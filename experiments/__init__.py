@@ -13,6 +13,7 @@ from experiments.llama import (
     llama_70b,
     llama_405b,
     llama_tiny,
+    llama_tiny_sft,
     llama_tiny_smoke,
     llama_tiny_spmd,
 )
@@ -20,6 +21,7 @@ from experiments.llama import (
 EXPERIMENTS = (
     llama_tiny,
     llama_tiny_smoke,
+    llama_tiny_sft,
     llama_tiny_spmd,
     llama_8b,
     llama_8b_fsdp_tp,

@@ -16,9 +16,11 @@ import fiddle as fdl
 
 from xlafw.data import (
     SHAKESPEARE_TEXTS,
+    ConsecutivePairs,
     DataPipeline,
     HuggingFaceTokenizer,
     SentencePieceTokenizer,
+    SftPipeline,
     TextFiles,
 )
 from xlafw.experiment import Checkpointing, Experiment, MetricsSettings, TrainerSettings
@@ -93,6 +95,27 @@ def llama_tiny_smoke() -> fdl.Config[Experiment]:
     cfg.lr_schedule.warmup_steps = 5
     cfg.trainer.max_steps = 20
     cfg.trainer.log_every = 5
+    return cfg
+
+
+def llama_tiny_sft() -> fdl.Config[Experiment]:
+    """llama_tiny fine-tuned on Shakespeare's replies: loss only on the reply.
+
+    Each speech prompts the next one. Rows are padded to the fixed sequence
+    length, so examples of every length share one compiled step.
+    """
+    cfg = llama_tiny()
+    cfg.data = fdl.Partial(
+        SftPipeline,
+        source=fdl.Config(
+            ConsecutivePairs, source=fdl.Config(TextFiles, paths=(SHAKESPEARE_TEXTS,))
+        ),
+        tokenizer=fdl.Config(SentencePieceTokenizer),
+        seq_len=256,
+        global_batch_size=8,
+    )
+    cfg.optimizer.lr = 1e-3
+    cfg.trainer.max_steps = 100
     return cfg
 
 

@@ -58,3 +58,41 @@ def test_saved_config_reloads_to_the_same_config(xlafw_cli, tmp_path):
     printed, _, hash_line = again.stdout.strip().rpartition("\n")
     assert printed.strip() == first.strip()
     assert hash_line == f"# config_hash: {(tmp_path / 'config_hash.txt').read_text().strip()}"
+
+
+SMALL_MODEL = (
+    "--fdl.model.config.hidden_size=64",
+    "--fdl.model.config.intermediate_size=172",
+    "--fdl.model.config.num_hidden_layers=2",
+    "--fdl.model.config.num_attention_heads=4",
+    "--fdl.model.config.num_key_value_heads=2",
+)
+
+
+def test_sft_run_with_varying_example_lengths_never_recompiles(xlafw_cli, tmp_path):
+    proc = xlafw_cli(
+        "--fdl_config=llama_tiny_sft",
+        *SMALL_MODEL,
+        "--fdl.data.seq_len=128",
+        "--fdl.trainer.max_steps=8",
+        "--fdl.trainer.log_every=1",
+        f"--fdl.trainer.run_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _metrics(tmp_path)
+    assert len(rows) == 8
+    assert rows[-1]["compiles"] == rows[1]["compiles"]
+    assert "recompiled" not in proc.stdout
+
+
+def test_packed_documents_with_segment_ids_train_without_recompiling(xlafw_cli, tmp_path):
+    proc = xlafw_cli(
+        "--fdl_config=llama_tiny_smoke",
+        "--fdl.data.document_boundaries=segmented",
+        "--fdl.trainer.max_steps=6",
+        "--fdl.trainer.log_every=1",
+        f"--fdl.trainer.run_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _metrics(tmp_path)
+    assert rows[-1]["compiles"] == rows[1]["compiles"] and rows[-1]["loss"] < rows[0]["loss"]

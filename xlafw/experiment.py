@@ -14,7 +14,7 @@ sharding        ``ShardingRules``                           the model, the mesh
 remat           ``RematPolicy``                             the model
 optimizer       ``(params, schedule=...) -> Optimizer``     parameters, schedule
 lr_schedule     ``(total_steps=...) -> schedule``           ``trainer.max_steps``
-data            ``(host=...) -> DataPipeline``              process index/count
+data            ``(host=...) -> pipeline``                  this host's data split
 trainer         ``TrainerSettings``                         --
 ==============  ==========================================  =====================
 """
@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from xlafw.data.pipeline import DataPipeline
+from xlafw.data.pipeline import BatchPositions
 from xlafw.parallel import Mesh, RematPolicy, ShardingRules
 
 
@@ -139,7 +139,7 @@ class Experiment:
     model: Callable[[], torch.nn.Module]
     optimizer: Callable[..., torch.optim.Optimizer]
     lr_schedule: Callable[..., Callable[[torch.Tensor], torch.Tensor]]
-    data: Callable[..., DataPipeline]
+    data: Callable[..., BatchPositions]
     mesh: Mesh = Mesh()
     sharding: ShardingRules = ShardingRules()
     remat: RematPolicy = RematPolicy()

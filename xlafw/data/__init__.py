@@ -7,6 +7,7 @@ from xlafw.data.collators import (
     Truncation,
 )
 from xlafw.data.mixture import Mixture
+from xlafw.data.pairs import ConsecutivePairs
 from xlafw.data.pipeline import DataPipeline, HostShard
 from xlafw.data.sft import SftPipeline
 from xlafw.data.sources import SHAKESPEARE_TEXTS, HubDataset, LocalFiles, TextFiles
@@ -16,6 +17,7 @@ from xlafw.data.tokenizers import HuggingFaceTokenizer, SentencePieceTokenizer, 
 __all__ = [
     "SHAKESPEARE_TEXTS",
     "ChatMessages",
+    "ConsecutivePairs",
     "DataPipeline",
     "DocumentBoundaries",
     "HostShard",
