@@ -1,0 +1,394 @@
+"""Hugging Face safetensors weights into and out of an (already sharded) xlafw Llama.
+
+xlafw's parameter names are HF's (``model.layers.0.self_attn.q_proj.weight``),
+so no renaming happens. Both directions hold at most one tensor in host memory:
+
+* **Load** (``load_hf_weights``) runs after the model was built and sharded
+  (startup stage 8), so a 70B model is never whole on one host. A sharded
+  parameter is filled shard by shard: the index slices of the shards on this
+  host's devices come from torch_xla (the same ones ``xs.wrap_if_sharded(param)
+  .local_shards`` reports), each is read with ``safe_open(...).get_slice(name)
+  [slices]`` (only those bytes leave the file), and the shards go straight to
+  their devices (``_global_tensor_from_cpu_shards``, what ``load_local_shards_``
+  does). On a multi-host pod every host does the same for its own devices, so
+  each reads only its shards. An unsharded (or replicated) parameter gets
+  ``param.copy_(tensor)``. Every parameter's sharding spec is checked after
+  loading.
+* **Save** (``save_hf_weights``) gathers one parameter at a time with
+  ``param.cpu()``, which on a sharded tensor is a collective: every process must
+  call it; only process 0 writes.
+
+Why not ``param.copy_`` for sharded parameters too: it needs the whole tensor on
+every host, and on torch_xla 2.9 a parameter whose value is still pending (built
+on the device, not yet synced) and sharded unevenly (a dimension not divisible
+by its mesh axes, e.g. vocabulary 128256 over 512 devices) comes back
+*replicated* when that value is computed (``torch_xla.sync()``, or asking it for
+its shards). The shard path never computes the pending value.
+
+Tied embeddings (Llama 3.2 1B/3B: ``tie_word_embeddings: true``, no
+``lm_head.weight`` in the files): xlafw's LM head is always its own parameter,
+so it is filled from ``model.embed_tokens.weight``. The logits equal HF's at load
+time; training then updates the two separately, and an export is untied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from xlafw.models.hf_config import (
+    HfCheckpointError,
+    architecture_differences,
+    hf_config_to_llama_config,
+    llama_config_to_hf_config,
+)
+from xlafw.models.llama import LlamaForCausalLM
+from xlafw.models.safetensors_stream import SAFETENSORS_DTYPES, plan_files, write_safetensors
+
+__all__ = [
+    "HfCheckpointError",
+    "LoadedWeights",
+    "SavedWeights",
+    "hf_config_to_llama_config",
+    "llama_config_to_hf_config",
+    "load_hf_weights",
+    "save_hf_weights",
+]
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TIED_HEAD, EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
+# Old HF checkpoints store RoPE tables; xlafw derives them from the config.
+_DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorEntry:
+    """One tensor in a checkpoint, as its file header describes it."""
+
+    file: str
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedWeights:
+    """What ``load_hf_weights`` did.
+
+    Attributes:
+      directory: the checkpoint directory.
+      files: safetensors files read.
+      num_tensors: parameters filled.
+      num_sharded: of them, filled shard by shard (the rest by ``copy_``).
+      source_dtypes: dtypes found in the files (cast to the parameters' dtype).
+      lm_head_from_embedding: whether the checkpoint was tied (see module doc).
+    """
+
+    directory: str
+    files: tuple[str, ...]
+    num_tensors: int
+    num_sharded: int
+    source_dtypes: tuple[str, ...]
+    lm_head_from_embedding: bool
+
+    def summary(self) -> str:
+        tied = "; lm_head filled from the tied embedding" if self.lm_head_from_embedding else ""
+        return (
+            f"loaded {self.num_tensors} tensors ({self.num_sharded} shard by shard) from "
+            f"{len(self.files)} files in {self.directory}, stored as "
+            f"{', '.join(self.source_dtypes)}{tied}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedWeights:
+    """What ``save_hf_weights`` wrote (every process gets the same answer).
+
+    Attributes:
+      directory: the final checkpoint directory.
+      files: safetensors file names, in order.
+      total_bytes: bytes of tensor data.
+    """
+
+    directory: str
+    files: tuple[str, ...]
+    total_bytes: int
+
+
+def read_hf_index(directory: str | os.PathLike) -> dict[str, TensorEntry]:
+    """Reads every tensor's file, shape and dtype from the safetensors headers.
+
+    Only headers are read, no tensor data.
+
+    Raises:
+      HfCheckpointError: when the directory holds neither ``model.safetensors``
+        nor ``model.safetensors.index.json``.
+    """
+    directory = Path(directory)
+    if (directory / INDEX_FILE).exists():
+        weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
+        files = sorted(set(weight_map.values()))
+    elif (directory / SINGLE_FILE).exists():
+        files = [SINGLE_FILE]
+    else:
+        present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+        raise HfCheckpointError(
+            f"{directory} has neither {SINGLE_FILE} nor {INDEX_FILE} (it holds {present}). "
+            f"Fix: point to a directory written by save_pretrained(..., safe_serialization=True)."
+        )
+    entries = {}
+    for file in files:
+        with safe_open(directory / file, framework="pt") as reader:
+            for name in reader.keys():  # noqa: SIM118 (safe_open is not a dict)
+                tensor_slice = reader.get_slice(name)
+                entries[name] = TensorEntry(
+                    file, tuple(tensor_slice.get_shape()), tensor_slice.get_dtype()
+                )
+    return entries
+
+
+def _check(model: LlamaForCausalLM, directory: Path, entries: dict[str, TensorEntry]) -> bool:
+    """Raises one error listing every mismatch; returns whether lm_head comes from the embedding."""
+    config_json = json.loads((directory / "config.json").read_text())
+    problems = [
+        f"config.json {d}"
+        for d in architecture_differences(model.config, hf_config_to_llama_config(config_json))
+    ]
+    params = dict(model.named_parameters())
+    tied = TIED_HEAD not in entries and bool(config_json.get("tie_word_embeddings"))
+    for name, param in params.items():
+        entry = entries.get(EMBEDDING if tied and name == TIED_HEAD else name)
+        if entry is None:
+            problems.append(f"missing tensor {name} (expected shape {list(param.shape)})")
+        elif entry.shape != tuple(param.shape):
+            problems.append(
+                f"{entry.file}: {name} has shape {list(entry.shape)}, "
+                f"the model expects {list(param.shape)}"
+            )
+        elif entry.dtype not in SAFETENSORS_DTYPES.values():
+            problems.append(f"{entry.file}: {name} is {entry.dtype}, not a floating dtype")
+    problems += [
+        f"{entry.file}: unexpected tensor {name} (no such parameter in the model)"
+        for name, entry in entries.items()
+        if name not in params and not name.endswith(_DERIVED_SUFFIXES)
+    ]
+    if problems:
+        raise HfCheckpointError(
+            f"the checkpoint in {directory} does not fit the model "
+            f"({len(problems)} problems):\n  " + "\n  ".join(problems) + "\nFix: build the "
+            "model from this checkpoint's config (hf_config_to_llama_config), or point to "
+            "the checkpoint the model was configured for."
+        )
+    return tied
+
+
+def _is_sharded(param: torch.Tensor) -> bool:
+    """Whether ``param`` is split over devices (not merely replicated to all)."""
+    import torch_xla
+    import torch_xla.distributed.spmd as xs
+
+    sharding_type = torch_xla._XLAC._get_xla_sharding_type(param)
+    return sharding_type is not None and sharding_type != xs.ShardingType.REPLICATED.value
+
+
+def _tiles_per_dim(sharding_spec: str, ndim: int) -> list[int]:
+    """Reads how many tiles split each dimension from a spec like ``{devices=[2,4]...}``."""
+    match = re.search(r"devices=\[([\d,]+)\]", sharding_spec)
+    if match is None:
+        raise RuntimeError(f"cannot read the tiling of sharding {sharding_spec!r}")
+    return [int(t) for t in match.group(1).split(",")[:ndim]]
+
+
+def _load_shards(param: torch.Tensor, tensor_slice) -> None:
+    """Reads only the slices of this host's shards and makes them the parameter's value.
+
+    ``xs.wrap_if_sharded(param).local_shards`` / ``load_local_shards_`` would do
+    the same, but asking a parameter for its shard indices runs its pending
+    initialization first, which on torch_xla 2.9 replicates a parameter whose
+    dimensions do not divide evenly (module doc). So the indices are read from
+    a placeholder with the same sharding (zeros, one shard per device), and the
+    loaded value replaces the parameter's data without running anything.
+    Shards of an uneven dimension are zero-padded to the common shard shape,
+    as XLA stores them.
+    """
+    import torch_xla
+
+    xla = torch_xla._XLAC
+    op_sharding = xla._get_xla_op_sharding(param)  # the annotation only; runs nothing
+    tiles = _tiles_per_dim(xla._get_xla_sharding_spec(param), param.dim())
+    shard_shape = [-(-size // t) for size, t in zip(param.shape, tiles, strict=True)]
+    num_local = len(xla._xla_get_runtime_devices())
+    global_shape = list(param.shape)
+    zeros = torch.zeros(shard_shape, dtype=param.dtype)
+    placeholder = xla._global_tensor_from_cpu_shards([zeros] * num_local, op_sharding, global_shape)
+    read: dict[tuple, torch.Tensor] = {}  # replicas of one shard are read once
+    shards = []
+    for _, indices in xla._get_local_shard_replica_and_indices([placeholder])[0]:
+        key = tuple((s.start, s.stop) for s in indices)
+        if key not in read:
+            piece = tensor_slice[tuple(indices)].to(param.dtype)
+            read[key] = zeros.clone()
+            read[key][tuple(slice(0, n) for n in piece.shape)] = piece
+        shards.append(read[key])
+    # ``.data =`` (not ``_replace_xla_tensor``, which leaves ``param.detach()``,
+    # hence ``state_dict()``, reading the old value through functionalization).
+    param.data = xla._global_tensor_from_cpu_shards(shards, op_sharding, global_shape)
+
+
+def load_hf_weights(model: LlamaForCausalLM, directory: str | os.PathLike) -> LoadedWeights:
+    """Loads a local Hugging Face Llama checkpoint into a built (and sharded) model.
+
+    Call it after the parameters were sharded and before the optimizer is
+    created. Every file, name, shape and the architecture in ``config.json``
+    are checked before any value is copied, and all problems are reported at
+    once. Values are cast to each parameter's dtype; shardings are preserved.
+
+    Args:
+      model: xlafw's model, on the XLA device (sharded or not) or on the CPU.
+      directory: holds ``config.json`` and ``model.safetensors`` or
+        ``model-0000x-of-0000y.safetensors`` with ``model.safetensors.index.json``.
+
+    Returns:
+      What was loaded (``.summary()`` is a log line).
+
+    Raises:
+      HfCheckpointError: for missing or unexpected tensors, a shape or
+        architecture mismatch (naming the file, tensor and both shapes).
+      RuntimeError: if a parameter's sharding changed while loading.
+    """
+    directory = Path(directory)
+    entries = read_hf_index(directory)
+    tied = _check(model, directory, entries)
+    params = dict(model.named_parameters())
+    source_of = {name: EMBEDDING if tied and name == TIED_HEAD else name for name in params}
+    on_xla = any(p.device.type == "xla" for p in params.values())
+    if on_xla:
+        import torch_xla
+
+        sharding_spec = torch_xla._XLAC._get_xla_sharding_spec
+        specs_before = {name: sharding_spec(p) for name, p in params.items()}
+    files = sorted({entries[source].file for source in source_of.values()})
+    num_sharded = 0
+    with torch.no_grad():
+        for file in files:
+            with safe_open(directory / file, framework="pt") as reader:
+                for name, param in params.items():
+                    source = source_of[name]
+                    if entries[source].file != file:
+                        continue
+                    if on_xla and _is_sharded(param):
+                        _load_shards(param, reader.get_slice(source))
+                        num_sharded += 1
+                    else:
+                        param.copy_(reader.get_tensor(source).to(param.dtype))
+    if on_xla:
+        # Both paths above transfer at once (no pending graph holds host tensors), so
+        # this is the only sync: syncing earlier would run the pending initialization
+        # of parameters not loaded yet, which loses uneven shardings (module doc).
+        torch_xla.sync()
+        changed = [
+            f"{name}: {specs_before[name]} -> {sharding_spec(p)}"
+            for name, p in params.items()
+            if sharding_spec(p) != specs_before[name]
+        ]
+        if changed:
+            raise RuntimeError("loading changed parameter shardings:\n  " + "\n  ".join(changed))
+    return LoadedWeights(
+        directory=str(directory),
+        files=tuple(files),
+        num_tensors=len(params),
+        num_sharded=num_sharded,
+        source_dtypes=tuple(sorted({entries[s].dtype for s in source_of.values()})),
+        lm_head_from_embedding=tied,
+    )
+
+
+def _process_index_and_count(on_xla: bool) -> tuple[int, int]:
+    if not on_xla:
+        return 0, 1
+    import torch_xla.runtime as xr
+
+    return xr.process_index(), xr.process_count()
+
+
+def save_hf_weights(
+    model: LlamaForCausalLM,
+    directory: str | os.PathLike,
+    max_shard_bytes: int = 5 * 2**30,
+) -> SavedWeights:
+    """Writes the model in Hugging Face layout, atomically.
+
+    ``config.json`` (``llama_config_to_hf_config``), the safetensors files (one
+    ``model.safetensors``, or ``model-0000x-of-0000y.safetensors`` and
+    ``model.safetensors.index.json`` when larger than ``max_shard_bytes``).
+    Everything is written into a temporary sibling directory that is renamed
+    when complete, so ``directory`` is either absent or whole.
+
+    Every process must call it (gathering a sharded tensor is a collective);
+    only process 0 writes, so ``directory`` must be on storage it can write.
+
+    Args:
+      model: xlafw's model, sharded or not.
+      directory: where the checkpoint goes; must not exist or be empty.
+      max_shard_bytes: the largest safetensors file (HF's default is 5 GB).
+
+    Returns:
+      What was written.
+
+    Raises:
+      FileExistsError: when ``directory`` exists and is not empty.
+    """
+    directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()):
+        raise FileExistsError(
+            f"{directory} exists and is not empty. Fix: choose a new directory or remove it."
+        )
+    params = [(name, p.detach()) for name, p in model.named_parameters()]
+    on_xla = any(p.device.type == "xla" for _, p in params)
+    process_index, process_count = _process_index_and_count(on_xla)
+    groups = plan_files(params, max_shard_bytes)
+    files = (
+        [SINGLE_FILE]
+        if len(groups) == 1
+        else [f"model-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, len(groups) + 1)]
+    )
+    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    writer = process_index == 0
+    if writer:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    for file, group in zip(files, groups, strict=True):
+        gathered = (tensor.cpu() for _, tensor in group)
+        if writer:
+            write_safetensors(tmp / file, group, gathered)
+        else:
+            for _ in gathered:  # join the collective gathers; process 0 writes
+                pass
+    total_bytes = sum(p.numel() * p.element_size() for _, p in params)
+    if writer:
+        dtype = str(params[0][1].dtype).removeprefix("torch.")
+        config_json = llama_config_to_hf_config(model.config, dtype=dtype)
+        (tmp / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
+        if len(files) > 1:
+            index = {
+                "metadata": {"total_size": total_bytes},
+                "weight_map": {
+                    name: file
+                    for file, group in zip(files, groups, strict=True)
+                    for name, _ in group
+                },
+            }
+            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        os.replace(tmp, directory)  # atomic; replaces an empty directory too
+    if process_count > 1:
+        import torch_xla.core.xla_model as xm
+
+        xm.rendezvous("save_hf_weights")  # nobody returns before the rename
+    return SavedWeights(str(directory), tuple(files), total_bytes)

@@ -1,0 +1,73 @@
+"""Writing safetensors files one tensor at a time (``save_hf_weights``' file layer).
+
+``safetensors.torch.save_file`` needs every tensor of a file in host memory at
+once; a 70B export would hold a whole 5 GB file. The format is simple enough to
+stream: the header (names, dtypes, shapes, byte offsets) is known before any
+value is gathered, so each tensor is written as soon as it reaches the host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.float64: "F64",
+}
+
+
+def plan_files(
+    params: list[tuple[str, torch.Tensor]], max_shard_bytes: int
+) -> list[list[tuple[str, torch.Tensor]]]:
+    """Groups parameters, in model order, into files of at most ``max_shard_bytes``.
+
+    A tensor larger than the limit gets a file of its own, as in ``transformers``.
+    """
+    groups: list[list[tuple[str, torch.Tensor]]] = [[]]
+    size = 0
+    for name, param in params:
+        nbytes = param.numel() * param.element_size()
+        if groups[-1] and size + nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append((name, param))
+        size += nbytes
+    return groups
+
+
+def write_safetensors(
+    path: Path, tensors: list[tuple[str, torch.Tensor]], gathered: Iterator[torch.Tensor]
+) -> None:
+    """Streams one safetensors file: the header first (shapes are known), then each tensor.
+
+    ``safetensors.torch.save_file`` needs every tensor of a file in memory at
+    once; streaming keeps one. Layout: little-endian u64 header length, JSON
+    header (padded with spaces to 8 bytes), then the tensors' bytes in order.
+    """
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, param in tensors:
+        nbytes = param.numel() * param.element_size()
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[param.dtype],
+            "shape": list(param.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header_bytes)))
+        f.write(header_bytes)
+        for tensor in gathered:
+            f.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
+        f.flush()
+        os.fsync(f.fileno())
