@@ -271,3 +271,35 @@ def test_sharded_8_device_import_keeps_shardings_and_matches_transformers(tmp_pa
     assert "last_tile_dim_replicate" in result["before"]["model.norm.weight"]
     assert result["before"]["lm_head.weight"].startswith("{devices=[2,4]")
     assert result["import_diff"] <= ATOL and result["export_diff"] <= ATOL, result
+
+
+def test_training_starts_from_hf_weights_and_validation_checks_the_shape(tmp_path, xlafw_cli):
+    transformers = pytest.importorskip("transformers")
+    hf_config = transformers.LlamaConfig(
+        vocab_size=32000,
+        hidden_size=64,
+        intermediate_size=172,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+        max_position_embeddings=2048,
+    )
+    transformers.LlamaForCausalLM(hf_config).save_pretrained(tmp_path / "hf")
+    run = xlafw_cli(
+        "--fdl_config=llama_tiny_smoke",
+        "--fdl.trainer.max_steps=2",
+        f"--fdl.trainer.init_from_hf={tmp_path / 'hf'}",
+        f"--fdl.trainer.run_dir={tmp_path / 'run'}",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "loaded 21 tensors" in run.stdout  # the load summary is logged
+    wrong = xlafw_cli(
+        "--fdl_config=llama_tiny_smoke",
+        "--fdl.model.config.num_hidden_layers=3",
+        f"--fdl.trainer.init_from_hf={tmp_path / 'hf'}",
+    )
+    assert wrong.returncode == 2
+    assert "--fdl_set=model.config.num_hidden_layers=2" in wrong.stderr

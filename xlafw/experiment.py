@@ -50,6 +50,10 @@ class TrainerSettings:
         on TPU and off on XLA's CPU backend, whose PJRT client writes entries
         but cannot deserialize them (BUILD_NOTES.md, "Compile cache").
       compile_cache_dir: where the cache lives (shared by runs).
+      init_from_hf: a local Hugging Face Llama checkpoint directory
+        (config.json + safetensors) to start from. Loaded after sharding, each
+        host reading only its shards; a checkpoint of this run, if one exists,
+        takes precedence (resume).
     """
 
     max_steps: int = 100
@@ -61,6 +65,7 @@ class TrainerSettings:
     run_dir: str = "runs/{experiment}"
     compile_cache: Literal["auto", "on", "off"] = "auto"
     compile_cache_dir: str = "~/.cache/xlafw/xla_compile_cache"
+    init_from_hf: str | None = None
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -41,6 +41,7 @@ class StepMetrics:
       step_time_s: seconds per step over the same window.
       tokens_seen: tokens trained on so far.
       compiles: XLA compilations so far in this process.
+      timestamp: Unix time the step's values were read.
       epoch: fractional epoch, when the epoch length is known.
     """
 
@@ -55,6 +56,7 @@ class StepMetrics:
     step_time_s: float
     tokens_seen: int
     compiles: int
+    timestamp: float
     epoch: float | None = None
 
     def human(self, max_steps: int) -> str:
@@ -200,6 +202,7 @@ class StepLogger:
             step_time_s=elapsed / steps,
             tokens_seen=step * self.tokens_per_step,
             compiles=self.compile_counter(),
+            timestamp=time.time(),
             epoch=step / self.steps_per_epoch if self.steps_per_epoch else None,
         )
         self.history.append(metrics)

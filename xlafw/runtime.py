@@ -106,3 +106,9 @@ def rendezvous(tag: str) -> None:
 def compile_count() -> int:
     """XLA compilations so far in this process (cache misses)."""
     return int(met.counter_value("UncachedCompile") or 0)
+
+
+def compile_seconds() -> float:
+    """Seconds spent compiling XLA graphs so far in this process."""
+    data = met.metric_data("CompileTime")
+    return data[1] / 1e9 if data else 0.0

@@ -153,6 +153,11 @@ class Trainer:
         sharded = parallel_apply.shard(self.model, exp, self.rt)
         self.input_sharding = sharded.input_sharding
         stage(8, sharded.summary)
+        if settings.init_from_hf:
+            from xlafw.models.hf_io import load_hf_weights
+
+            # After sharding and before any sync: each host reads only its shards.
+            log.info(load_hf_weights(self.model, settings.init_from_hf).summary())
         stage(9, parallel_apply.mark_pure_modules(self.model, exp.remat))
         stage(10, parallel_apply.apply_checkpointing(self.model, exp.remat))
         stage(11, parallel_apply.add_optimization_barriers(self.model, exp.remat))
@@ -442,8 +447,12 @@ def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
     except CheckpointError as e:
         raise RunRefused(str(e)) from None
     history = trainer.train()
+    from xlafw import runtime
+
     summary = {
         "num_parameters": trainer.num_parameters,
+        "compiles": runtime.compile_count(),
+        "compile_seconds": runtime.compile_seconds(),
         "final": dataclasses.asdict(history[-1]) if history else None,
     }
     with open(os.path.join(run_dir, "summary.json"), "w") as f:

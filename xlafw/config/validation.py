@@ -11,6 +11,7 @@ machine's available memory shared by the virtual CPU devices).
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 
 import fiddle as fdl
@@ -77,6 +78,47 @@ def _trainer_checks(cfg: fdl.Config) -> Iterator[str]:
         yield f"data.seq_len={cfg.data.seq_len} must be >= 2 (one input, one target)."
     if cfg.data.global_batch_size < 1:
         yield f"data.global_batch_size={cfg.data.global_batch_size} must be >= 1."
+    hf_dir = trainer.init_from_hf
+    if hf_dir:
+        yield from _hf_checkpoint_checks(cfg, hf_dir)
+
+
+def _hf_checkpoint_checks(cfg: fdl.Config, directory: str) -> Iterator[str]:
+    """The Hugging Face directory exists and describes the configured model."""
+    import json
+
+    from xlafw.models.hf_config import hf_config_to_llama_config  # imports no torch_xla
+
+    config_file = os.path.join(directory, "config.json")
+    if not os.path.isfile(config_file):
+        yield (
+            f"trainer.init_from_hf={directory}: no config.json there. Fix: point it at a local "
+            f"Hugging Face checkpoint directory (config.json + *.safetensors)."
+        )
+        return
+    try:
+        with open(config_file) as f:
+            theirs = hf_config_to_llama_config(json.load(f))
+    except ValueError as e:  # HfCheckpointError or bad JSON: a user error here
+        yield f"trainer.init_from_hf={directory}: {e}"
+        return
+    ours = fdl.build(cfg.model.config)
+    for field in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "rms_norm_eps",
+        "rope_theta",
+    ):
+        if getattr(ours, field) != getattr(theirs, field):
+            yield (
+                f"trainer.init_from_hf: model.config.{field}={getattr(ours, field)} but the "
+                f"checkpoint has {getattr(theirs, field)}. Fix: "
+                f"--fdl_set=model.config.{field}={getattr(theirs, field)}."
+            )
 
 
 def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
