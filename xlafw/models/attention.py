@@ -46,6 +46,10 @@ class AttentionMasks:
     bias: torch.Tensor | None = None
 
 
+# A pytree, so a scanned or traced layer can take the masks as one argument.
+torch.utils._pytree.register_dataclass(AttentionMasks)
+
+
 def attention_mask(
     seq_len: int, masks: AttentionMasks, *, is_causal: bool, device: torch.device
 ) -> torch.Tensor | None:

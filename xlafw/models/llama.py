@@ -118,6 +118,23 @@ class LlamaDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
+class DecoderLayers(nn.ModuleList):
+    """The decoder stack, run layer after layer.
+
+    A plain ``nn.ModuleList`` (parameter names stay ``layers.N.*``) with a
+    forward, so the remat policy can swap in a scanned version of the same
+    layers (``xlafw.parallel.remat_apply.ScannedLayers``) without the model
+    knowing: every layer takes the hidden states plus the same broadcast inputs.
+    """
+
+    def forward(
+        self, h: torch.Tensor, position_ids: torch.Tensor, masks: AttentionMasks
+    ) -> torch.Tensor:
+        for layer in self:
+            h = layer(h, position_ids, masks)
+        return h
+
+
 class LlamaModel(nn.Module):
     """Embedding, decoder stack and final norm (no LM head)."""
 
@@ -126,7 +143,7 @@ class LlamaModel(nn.Module):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         # One rotary table shared by every layer; it holds no parameters.
         rotary = RotaryEmbedding(config.resolved_head_dim, config.rope_theta, config.rope_scaling)
-        self.layers = nn.ModuleList(
+        self.layers = DecoderLayers(
             LlamaDecoderLayer(config, rotary) for _ in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -140,8 +157,7 @@ class LlamaModel(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
         h = self.embed_tokens(input_ids)
-        for layer in self.layers:
-            h = layer(h, position_ids, masks)
+        h = self.layers(h, position_ids, masks)
         return self.norm(h)
 
 

@@ -16,6 +16,7 @@ import torch_xla.distributed.spmd as xs
 
 from xlafw.data.pipeline import HostShard
 from xlafw.experiment import Experiment
+from xlafw.parallel import remat_apply
 from xlafw.parallel.mesh import AXIS_NAMES, Mesh, host_data_shard
 from xlafw.parallel.remat import RematPolicy
 from xlafw.parallel.sharding import Spec, ways
@@ -148,31 +149,54 @@ def shard_optimizer_state(
                 xs.mark_sharding(value, mesh, spec)
 
 
-def _matching(model: torch.nn.Module, class_names: tuple[str, ...]) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if type(m).__name__ in class_names]
-
-
 def mark_pure_modules(model: torch.nn.Module, remat: RematPolicy) -> str:
-    return "no pure modules configured"
+    """Traces the named module classes once and reuses the trace (``assume_pure``)."""
+    if not remat.pure_modules:
+        return "no pure modules configured"
+    modules = remat_apply.matching(model, remat.pure_modules)
+    for module in modules:
+        remat_apply.mark_pure(module)
+    return f"assume_pure on {len(modules)} modules {remat.pure_modules}"
 
 
 def apply_checkpointing(model: torch.nn.Module, remat: RematPolicy) -> str:
-    """Recomputes the named module classes in the backward pass."""
-    if not remat.checkpoint_modules:
-        return "no activation checkpointing configured"
-    from torch_xla.distributed.fsdp import checkpoint_module
+    """Scans the configured layer stack and recomputes the named module classes.
 
-    modules = _matching(model, remat.checkpoint_modules)
-    for module in modules:
-        checkpoint_module(module)
-    return f"activation checkpointing on {len(modules)} modules {remat.checkpoint_modules}"
+    With ``scan_layers`` the stack becomes one while loop; a checkpointed
+    scanned layer is recomputed from its input by the scan's partitioner
+    (torch_xla's checkpoint cannot run inside the traced layer). Elsewhere
+    (``checkpoint_scope``) modules are wrapped with torch_xla's checkpoint.
+    """
+    lines = []
+    layer_class = None
+    if remat.scan_layers:
+        scanned = remat_apply.scan_layers(model, remat)
+        layer_class = scanned.layer_class
+        how = "recomputed from its input" if layer_class in remat.checkpoint_modules else "saved"
+        offload = (
+            f", {list(remat.offload_tensors)} offloaded to host" if remat.offload_tensors else ""
+        )
+        lines.append(
+            f"scan over {remat.scan_layers} ({len(scanned)} x {layer_class}, "
+            f"activations {how}{offload})"
+        )
+    names = tuple(n for n in remat.checkpoint_modules if n != layer_class)
+    if names:
+        from torch_xla.distributed.fsdp import checkpoint_module
+
+        modules = remat_apply.matching(model, names, remat.checkpoint_scope)
+        for module in modules:
+            checkpoint_module(module)
+        where = f" under {remat.checkpoint_scope}" if remat.checkpoint_scope else ""
+        lines.append(f"activation checkpointing on {len(modules)} modules {names}{where}")
+    return "; ".join(lines) or "no activation checkpointing or scan configured"
 
 
 def add_optimization_barriers(model: torch.nn.Module, remat: RematPolicy) -> str:
     """Fences the named module classes' gradients with optimization barriers."""
     if not remat.optimization_barrier_modules:
         return "no optimization barriers configured"
-    modules = _matching(model, remat.optimization_barrier_modules)
+    modules = remat_apply.matching(model, remat.optimization_barrier_modules)
     for module in modules:
         xs.apply_backward_optimization_barrier(module)
     return f"optimization barriers on {len(modules)} modules {remat.optimization_barrier_modules}"

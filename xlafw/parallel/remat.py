@@ -1,8 +1,23 @@
-"""Rematerialization policy: what to recompute, scan or fence in the backward pass."""
+"""Rematerialization policy: what to recompute, scan, fence or offload in the backward pass.
+
+Pure config (no torch_xla); ``xlafw.parallel.remat_apply`` applies it to a
+built model in the trainer's stages 9-11. Typical settings (torchprime's):
+
+- 8B: ``checkpoint_modules=("LlamaDecoderLayer",)`` and
+  ``optimization_barrier_modules=("LlamaDecoderLayer",)``;
+- deep models: ``scan_layers="model.layers"`` with
+  ``checkpoint_modules=("LlamaDecoderLayer",)`` (scan + remat: compile time flat
+  in depth, each layer keeps only its input);
+- 405B: the same plus ``offload_tensors=("decoder_input",)`` (the saved layer
+  inputs live in host memory between forward and backward; TPU only).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+
+# Tensors the scanned layer can send to host memory, by name.
+OFFLOADABLE_TENSORS = ("decoder_input",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -11,14 +26,41 @@ class RematPolicy:
 
     Attributes:
       checkpoint_modules: class names of modules whose activations are
-        recomputed in the backward pass (torch_xla's checkpoint).
+        recomputed in the backward pass (torch_xla's checkpoint). With
+        ``scan_layers`` only the scanned layer's class may be named: it makes
+        the scan recompute each layer from its input (scan + remat).
+      checkpoint_scope: module path under which ``checkpoint_modules`` are
+        looked for ("" = the whole model; e.g. "model.layers" leaves a vision
+        tower or the LM head alone).
+      scan_layers: module path of a homogeneous layer stack (a
+        ``DecoderLayers`` list, e.g. "model.layers") to run as one XLA while
+        loop (``torch_xla.experimental.scan``): the layer is traced and compiled
+        once, so compile time stays flat as depth grows. None runs a Python loop.
       optimization_barrier_modules: class names whose gradients get an
-        optimization barrier, so XLA cannot fuse across layer boundaries.
+        optimization barrier, so XLA cannot fuse across layer boundaries (and
+        hoist recomputation out of a checkpointed layer). Not inside a scan.
+      pure_modules: class names whose forward is traced once and reused
+        (torch_xla's ``assume_pure``, needs jax): saves Python tracing time per
+        step. Not inside a scan (scan already traces its layer once).
+      offload_tensors: names of saved activations to keep in host memory
+        between forward and backward (``OFFLOADABLE_TENSORS``); needs scan +
+        checkpointing of the scanned layer and a TPU (XLA's CPU backend
+        cannot compile host offload).
     """
 
     checkpoint_modules: tuple[str, ...] = ()
+    checkpoint_scope: str = ""
+    scan_layers: str | None = None
     optimization_barrier_modules: tuple[str, ...] = ()
+    pure_modules: tuple[str, ...] = ()
+    offload_tensors: tuple[str, ...] = ()
 
     @property
     def is_noop(self) -> bool:
-        return not (self.checkpoint_modules or self.optimization_barrier_modules)
+        return not (
+            self.checkpoint_modules
+            or self.scan_layers
+            or self.optimization_barrier_modules
+            or self.pure_modules
+            or self.offload_tensors
+        )
