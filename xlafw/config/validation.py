@@ -148,19 +148,111 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
         )
 
 
-def _model_tree_checks(
-    cfg: fdl.Config, model: torch.nn.Module, num_devices: int | None
-) -> Iterator[str]:
-    """Sharding rules and remat policy against the real module tree."""
+def _on_tpu(target: str | None) -> bool:
+    """Whether the run targets TPU: a ``--target`` slice, or ``PJRT_DEVICE=TPU``."""
+    return target is not None or backend() == "TPU"
+
+
+def _kernel_checks(cfg: fdl.Config, target: str | None) -> Iterator[str]:
+    kernel = cfg.model.config.attention_kernel
+    if kernel.needs_tpu and not _on_tpu(target):
+        yield (
+            f"model.config.attention_kernel={kernel.value}: {kernel.value} needs a TPU: Pallas "
+            f"kernels only run in interpret mode on XLA's {backend()} backend. Fix: "
+            f"--fdl.model.config.attention_kernel=REFERENCE here, or run on a TPU."
+        )
+    blocks = cfg.model.config.attention_block_sizes
+    for name in ("q", "kv"):
+        size = getattr(blocks, name)
+        if size < 128 or size % 128:
+            yield (
+                f"model.config.attention_block_sizes.{name}={size} must be a positive multiple "
+                f"of 128 (TPU vector lanes)."
+            )
+
+
+def _remat_checks(cfg: fdl.Config, model: torch.nn.Module, target: str | None) -> Iterator[str]:
+    """The remat policy against the real module tree and the backend."""
     classes = {type(m).__name__ for m in model.modules()}
     remat = cfg.remat
-    for field in ("checkpoint_modules", "optimization_barrier_modules"):
+    for field in ("checkpoint_modules", "optimization_barrier_modules", "pure_modules"):
         for name in getattr(remat, field):
             if name not in classes:
                 yield (
                     f"remat.{field} names {name!r}, which is not a module class of the model."
                     f"{suggest(name, classes)} Classes: {', '.join(sorted(classes))}."
                 )
+    paths = {name for name, _ in model.named_modules()}
+    for field in ("checkpoint_scope", "scan_layers"):
+        path = getattr(remat, field)
+        if path and path not in paths:
+            stacks = sorted(
+                n for n, m in model.named_modules() if isinstance(m, torch.nn.ModuleList)
+            )
+            yield (
+                f"remat.{field}={path!r} is not a module path of the model.{suggest(path, paths)} "
+                f"Layer stacks: {', '.join(stacks) or 'none'}."
+            )
+    layer_class = None
+    if remat.scan_layers and remat.scan_layers in paths:
+        stack = model.get_submodule(remat.scan_layers)
+        kinds = {type(m).__name__ for m in stack.children()}
+        if not isinstance(stack, torch.nn.ModuleList) or len(kinds) != 1:
+            yield (
+                f"remat.scan_layers={remat.scan_layers!r} is a {type(stack).__name__} of "
+                f"{sorted(kinds)}; scan needs a ModuleList of one layer class, called as "
+                f"stack(h, *inputs) (like LlamaModel.layers)."
+            )
+        else:
+            layer_class = kinds.pop()
+            inside = {type(m).__name__ for m in stack.modules()} - {type(stack).__name__}
+            for name in remat.checkpoint_modules:
+                if name != layer_class:
+                    yield (
+                        f"remat.checkpoint_modules names {name!r} while scanning "
+                        f"{remat.scan_layers}: under scan only the scanned layer "
+                        f"({layer_class}) can be checkpointed (scan + remat recomputes the "
+                        f"whole layer); torch_xla's checkpoint cannot run inside the traced "
+                        f"layer. Fix: checkpoint_modules=({layer_class!r},) or no scan."
+                    )
+            for field in ("optimization_barrier_modules", "pure_modules"):
+                for name in getattr(remat, field):
+                    if name in inside:
+                        yield (
+                            f"remat.{field} names {name!r}, which runs inside the scanned "
+                            f"{remat.scan_layers}: the scan traces the layer once with "
+                            f"AOTAutograd, so module hooks and assume_pure do not apply there. "
+                            f"Fix: drop it, or drop scan_layers."
+                        )
+    if remat.offload_tensors:
+        from xlafw.parallel.remat import OFFLOADABLE_TENSORS
+
+        unknown = [n for n in remat.offload_tensors if n not in OFFLOADABLE_TENSORS]
+        if unknown:
+            yield (
+                f"remat.offload_tensors names {unknown}; offloadable tensors: "
+                f"{list(OFFLOADABLE_TENSORS)}."
+            )
+        if layer_class is None or layer_class not in remat.checkpoint_modules:
+            yield (
+                "remat.offload_tensors needs scan + checkpointing of the scanned layer: the "
+                "offloaded tensors are the ones the scan's remat partitioner saves. Fix: set "
+                "remat.scan_layers='model.layers' and remat.checkpoint_modules="
+                "('LlamaDecoderLayer',)."
+            )
+        if not _on_tpu(target):
+            yield (
+                f"remat.offload_tensors={list(remat.offload_tensors)}: host offload needs a TPU; "
+                f"XLA's {backend()} backend cannot compile the host-placement custom calls "
+                f"(annotate_device_placement; it fails and can crash the process). Fix: "
+                f"remat.offload_tensors=() here."
+            )
+
+
+def _model_tree_checks(
+    cfg: fdl.Config, model: torch.nn.Module, num_devices: int | None
+) -> Iterator[str]:
+    """Sharding rules against the real module tree."""
     if num_devices is None:
         return
     try:
@@ -223,6 +315,8 @@ def validate(
         _model_checks(cfg),
         _mesh_checks(cfg, devices.count),
         _model_tree_checks(cfg, model, devices.count),
+        _remat_checks(cfg, model, target),
+        _kernel_checks(cfg, target),
     ]
     if check_memory:
         checks.append(_memory_checks(cfg, model, devices))

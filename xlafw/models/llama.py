@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from xlafw.models.attention import Attention, AttentionKernel, AttentionMasks
+from xlafw.models.attention_kernels import KernelBlockSizes
 from xlafw.models.rope import Llama3RopeScaling, RotaryEmbedding
 
 IGNORE_INDEX = -100
@@ -42,6 +43,8 @@ class LlamaConfig:
       rms_norm_eps: epsilon of every RMSNorm.
       initializer_range: std of the normal init of every weight matrix.
       attention_kernel: which attention implementation runs.
+      attention_block_sizes: query/key tile sizes of the flash and splash
+        kernels (ignored by the reference kernel).
       is_causal: decoder (True) or bidirectional (False) attention.
     """
 
@@ -58,6 +61,7 @@ class LlamaConfig:
     rms_norm_eps: float = 1e-5
     initializer_range: float = 0.02
     attention_kernel: AttentionKernel = AttentionKernel.REFERENCE
+    attention_block_sizes: KernelBlockSizes = KernelBlockSizes()
     is_causal: bool = True
 
     @property
@@ -107,6 +111,7 @@ class LlamaDecoderLayer(nn.Module):
             rotary,
             kernel=config.attention_kernel,
             is_causal=config.is_causal,
+            block_sizes=config.attention_block_sizes,
         )
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
