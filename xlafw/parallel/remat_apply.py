@@ -105,7 +105,10 @@ def _offload_saved(
     fwd: torch.fx.GraphModule, bwd: torch.fx.GraphModule, num_fwd_outputs: int, names
 ) -> None:
     """Rewrites the saved ``offload_name`` tensors to go through host memory."""
-    from torch_xla.experimental.stablehlo_custom_call import place_to_device, place_to_host
+    import torch_xla.experimental.stablehlo_custom_call  # noqa: F401  (registers xla::place_to_*)
+
+    place_to_host = torch.ops.xla.place_to_host.default
+    place_to_device = torch.ops.xla.place_to_device.default
 
     output = next(n for n in fwd.graph.nodes if n.op == "output")
     outs = list(output.args[0])
