@@ -19,3 +19,10 @@ def quick(cfg: fdl.Config[Experiment]) -> None:
     """A 5-step run that logs every step: for checking a set-up end to end."""
     cfg.trainer.max_steps = 5
     cfg.trainer.log_every = 1
+
+
+def splash_attention(cfg: fdl.Config[Experiment]) -> None:
+    """Use torch_xla's splash attention kernel (TPU only; refused on CPU)."""
+    from xlafw.models import AttentionKernel
+
+    cfg.model.config.attention_kernel = AttentionKernel.SPLASH

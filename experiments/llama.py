@@ -174,17 +174,22 @@ def llama_70b() -> fdl.Config[Experiment]:
     cfg.model.config.num_hidden_layers = 80
     cfg.model.config.num_attention_heads = 64
     cfg.data.tokenizer.name_or_path = "meta-llama/Llama-3.1-70B"
+    # Scan the 80 layers (compile time flat in depth) and recompute each layer in the
+    # backward pass. Barrier hooks never run inside a scanned layer: none.
+    cfg.remat.scan_layers = "model.layers"
+    cfg.remat.optimization_barrier_modules = ()
     return cfg
 
 
 def llama_405b() -> fdl.Config[Experiment]:
-    """Llama 3.1 405B: 126 layers, width 16384, 128 heads."""
-    cfg = llama_8b()
+    """Llama 3.1 405B: 126 layers, width 16384, 128 heads; scan, remat, host offload (TPU)."""
+    cfg = llama_70b()
     cfg.model.config.hidden_size = 16384
     cfg.model.config.intermediate_size = 53248
     cfg.model.config.num_hidden_layers = 126
     cfg.model.config.num_attention_heads = 128
     cfg.data.tokenizer.name_or_path = "meta-llama/Llama-3.1-405B"
+    cfg.remat.offload_tensors = ("decoder_input",)  # each layer's input waits in host memory
     cfg.mesh.ici.tensor = 4
     cfg.sharding = _rules(LLAMA_FSDP_TP)
     return cfg

@@ -141,7 +141,7 @@ def test_offloaded_layer_inputs_reach_the_graph_as_host_placement_custom_calls()
 def _problems(*sets: str) -> str:
     cfg = build_config("llama_tiny", sets=list(sets))
     with pytest.raises(ConfigError) as e:
-        validate(cfg, 1, check_memory=False)
+        validate(cfg, 1)
     return str(e.value)
 
 

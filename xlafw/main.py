@@ -116,7 +116,7 @@ def _dry_run(cfg: fdl.Config) -> None:
     if _NUM_DEVICES.value is None and not _TARGET.value:
         devices = devices_for_dry_run(cfg, devices)
     # A dry run reports the memory estimate instead of refusing to run.
-    validate(cfg, devices.count, target=_TARGET.value, check_memory=False)
+    validate(cfg, devices.count, target=_TARGET.value, purpose="plan")
     print(format_plan(make_plan(cfg, devices)))
 
 

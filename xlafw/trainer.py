@@ -314,6 +314,13 @@ class Trainer:
             settings.log_every,
         )
         logger.start(self.start_step)
+        if self.start_step >= settings.max_steps:
+            log.warning(
+                "nothing to train: the checkpoint is at step %d and trainer.max_steps is %d. "
+                "Raise trainer.max_steps to continue, or use another trainer.run_dir.",
+                self.start_step,
+                settings.max_steps,
+            )
         compiles, shapes = runtime.compile_count(), None
         step = self.start_step
         try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from typing import Literal
 
 import fiddle as fdl
 import torch
@@ -148,14 +149,14 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
         )
 
 
-def _on_tpu(target: str | None) -> bool:
-    """Whether the run targets TPU: a ``--target`` slice, or ``PJRT_DEVICE=TPU``."""
-    return target is not None or backend() == "TPU"
+def _on_tpu(target: str | None, purpose: str) -> bool:
+    """Whether TPU-only features are fine: a plan, a ``--target`` slice, or ``PJRT_DEVICE=TPU``."""
+    return purpose == "plan" or target is not None or backend() == "TPU"
 
 
-def _kernel_checks(cfg: fdl.Config, target: str | None) -> Iterator[str]:
+def _kernel_checks(cfg: fdl.Config, target: str | None, purpose: str) -> Iterator[str]:
     kernel = cfg.model.config.attention_kernel
-    if kernel.needs_tpu and not _on_tpu(target):
+    if kernel.needs_tpu and not _on_tpu(target, purpose):
         yield (
             f"model.config.attention_kernel={kernel.value}: {kernel.value} needs a TPU: Pallas "
             f"kernels only run in interpret mode on XLA's {backend()} backend. Fix: "
@@ -171,7 +172,9 @@ def _kernel_checks(cfg: fdl.Config, target: str | None) -> Iterator[str]:
             )
 
 
-def _remat_checks(cfg: fdl.Config, model: torch.nn.Module, target: str | None) -> Iterator[str]:
+def _remat_checks(
+    cfg: fdl.Config, model: torch.nn.Module, target: str | None, purpose: str
+) -> Iterator[str]:
     """The remat policy against the real module tree and the backend."""
     classes = {type(m).__name__ for m in model.modules()}
     remat = cfg.remat
@@ -240,7 +243,7 @@ def _remat_checks(cfg: fdl.Config, model: torch.nn.Module, target: str | None) -
                 "remat.scan_layers='model.layers' and remat.checkpoint_modules="
                 "('LlamaDecoderLayer',)."
             )
-        if not _on_tpu(target):
+        if not _on_tpu(target, purpose):
             yield (
                 f"remat.offload_tensors={list(remat.offload_tensors)}: host offload needs a TPU; "
                 f"XLA's {backend()} backend cannot compile the host-placement custom calls "
@@ -289,7 +292,7 @@ def validate(
     num_devices: int | None = None,
     *,
     target: str | None = None,
-    check_memory: bool = True,
+    purpose: Literal["train", "plan"] = "train",
 ) -> None:
     """Raises ``ConfigError`` listing every problem in ``cfg``.
 
@@ -299,8 +302,10 @@ def validate(
         environment implies (and skips the mesh check where none is implied).
       target: a TPU slice name (``v5p-256``) to check against instead of this
         machine; it sets the device count and the memory per device.
-      check_memory: compare the estimated bytes per device with the device's
-        memory. ``--dry_run`` turns it off because it reports the estimate.
+      purpose: ``train`` checks everything, including that the config fits the
+        device memory and that this backend can run what it asks for (kernels,
+        host offload). ``plan`` (``--dry_run``) skips those two: a plan reports
+        the estimate, and planning a TPU run on a laptop is its point.
 
     Raises:
       ConfigError: with every problem found.
@@ -315,10 +320,10 @@ def validate(
         _model_checks(cfg),
         _mesh_checks(cfg, devices.count),
         _model_tree_checks(cfg, model, devices.count),
-        _remat_checks(cfg, model, target),
-        _kernel_checks(cfg, target),
+        _remat_checks(cfg, model, target, purpose),
+        _kernel_checks(cfg, target, purpose),
     ]
-    if check_memory:
+    if purpose == "train":
         checks.append(_memory_checks(cfg, model, devices))
     for check in checks:
         problems.extend(check)
