@@ -52,9 +52,9 @@ SHAPE_CHANGE = textwrap.dedent(
 
     setup_logging()
     cfg = build_config("llama_tiny_smoke", sets=sys.argv[1:])
+    fdl.update_callable(cfg.data, ShorterAtStep5)
     trainer = Trainer(fdl.build(cfg), cfg)
     trainer.setup()
-    trainer.data.__class__ = ShorterAtStep5
     try:
         trainer.train()
     except TrainingStopped as e:

@@ -32,6 +32,7 @@ import shutil
 import warnings
 from typing import Any
 
+import fiddle as fdl
 import numpy as np
 import torch
 import torch.distributed.checkpoint as dist_cp
@@ -39,8 +40,10 @@ import torch_xla
 import torch_xla.core.xla_model as xm
 import torch_xla.experimental.distributed_checkpoint as xc
 from etils import epath
+from fiddle.experimental import serialization
 
-from xlafw.data.pipeline import StreamPosition
+from xlafw.data.streams import StreamPosition
+from xlafw.diff import diff_configs
 from xlafw.experiment import Checkpointing
 
 log = logging.getLogger(__name__)
@@ -68,21 +71,6 @@ class DedupSPMDSavePlanner(xc.SPMDSavePlanner):
                 seen.add(key)
                 items.append(item)
         return dataclasses.replace(plan, items=items)
-
-
-@dataclasses.dataclass(frozen=True)
-class Restored:
-    """What a restored checkpoint tells the trainer.
-
-    Attributes:
-      step: the last completed step.
-      data_position: where this host's data stream continues.
-      path: the checkpoint directory.
-    """
-
-    step: int
-    data_position: StreamPosition
-    path: str
 
 
 def _writer(path: str):
@@ -193,13 +181,51 @@ class CheckpointManager:
         log.info("checkpoint saved: %s", final)
         return final
 
-    def restore(
-        self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer
-    ) -> Restored:
+    def resume_point(self, config: fdl.Buildable, config_hash: str) -> int | None:
+        """The newest checkpoint's step, if the run should resume from it.
+
+        Raises:
+          CheckpointError: when ``resume`` is ``never`` but checkpoints exist, or
+            when the config differs from the checkpoint's beyond
+            ``RESUMABLE_CHANGES`` (with the path-level diff) and changes are not
+            allowed.
+        """
+        steps = self.steps()
+        if not steps:
+            return None
+        if self.settings.resume == "never":
+            raise CheckpointError(
+                f"{self.directory} already holds checkpoints {steps} and checkpoint.resume is "
+                f"'never'. Fix: use another trainer.run_dir, or "
+                f"--fdl_set=checkpoint.resume=auto to continue that run."
+            )
+        step = steps[-1]
+        saved_json, saved_hash = self.saved_config(step)
+        if saved_hash == config_hash:
+            return step
+        changes = diff_configs(serialization.load_json(saved_json), config)
+        blocking = [str(c) for c in changes if not c.path.startswith(RESUMABLE_CHANGES)]
+        if blocking and not self.settings.allow_config_change:
+            raise CheckpointError(
+                f"the config differs from the one saved with checkpoint step {step} in "
+                f"{self.directory}:\n  " + "\n  ".join(blocking) + "\nFix: run with the saved "
+                f"config (--fdl_config_file={self.path(step) / 'config.json'}), use another "
+                f"trainer.run_dir, or pass --fdl_set=checkpoint.allow_config_change=true."
+            )
+        for change in changes:
+            log.warning("config changed since the checkpoint: %s", change)
+        return step
+
+    def data_position(self, step: int) -> StreamPosition:
+        """Where this host's data stream continues after checkpoint ``step``."""
+        host = json.loads((self.path(step) / f"host_{self.process_index}.json").read_text())
+        return StreamPosition(**host["data_position"])
+
+    def restore(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         """Loads checkpoint ``step`` in place into the (sharded) model and optimizer.
 
         The optimizer state must exist (``AdamW.init_state``) with its sharding,
-        so each host reads only its shards.
+        so each host reads only its shards. RNG states are restored too.
         """
         path = self.path(step)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
@@ -211,13 +237,6 @@ class CheckpointManager:
         rng_file = path / f"rng_{self.process_index}.pt"
         if rng_file.exists():
             _set_rng_state(torch.load(str(rng_file), weights_only=False))
-        trainer_state = json.loads((path / "trainer_state.json").read_text())
-        host = json.loads((path / f"host_{self.process_index}.json").read_text())
-        return Restored(
-            step=trainer_state["step"],
-            data_position=StreamPosition(**host["data_position"]),
-            path=str(path),
-        )
 
     def saved_config(self, step: int) -> tuple[str, str]:
         """``(config JSON, config hash)`` saved with checkpoint ``step``."""

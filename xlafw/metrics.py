@@ -15,6 +15,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 import uuid
 from collections.abc import Callable
@@ -98,8 +99,6 @@ class WandbSink:
     """
 
     def __init__(self, mode: str, project: str, name: str, run_dir: str, config: dict):
-        import os
-
         import wandb
 
         id_file = os.path.join(run_dir, "wandb_id.txt")
@@ -214,6 +213,61 @@ class StepLogger:
                 f"loss is {metrics.loss} at step {step}; stopping. Lower the learning "
                 f"rate or check the data."
             )
+
+
+def make_sinks(
+    settings, run_dir: str, experiment_name: str, flat_config: dict, primary: bool
+) -> list:
+    """The metrics file, plus wandb when configured (on the primary process only).
+
+    Args:
+      settings: the experiment's ``MetricsSettings``.
+      run_dir: where ``metrics.jsonl`` and wandb's files go.
+      experiment_name: names the wandb run.
+      flat_config: the flattened config, logged as wandb's run config.
+      primary: whether this is process 0.
+    """
+    sinks: list = [JsonlSink(os.path.join(run_dir, "metrics.jsonl"))]
+    if settings.wandb != "disabled" and primary:
+        config = {k: str(v) for k, v in flat_config.items()}
+        sinks.append(
+            WandbSink(settings.wandb, settings.wandb_project, experiment_name, run_dir, config)
+        )
+    return sinks
+
+
+def peak_flops(
+    declared_tflops: float | None, tpu_generation: str | None, num_devices: int
+) -> float:
+    """Peak FLOP/s of all devices together, for MFU.
+
+    Declared beats the TPU table (bf16 peak per chip); on XLA's CPU backend it is
+    the host's measured matmul rate, shared by every virtual device.
+    """
+    from xlafw.config.hardware import TPU_TYPES
+
+    if declared_tflops:
+        return declared_tflops * 1e12 * num_devices
+    if tpu_generation in TPU_TYPES:
+        return TPU_TYPES[tpu_generation].peak_bf16_flops * num_devices
+    peak = measured_cpu_matmul_flops()
+    log.info("MFU peak: %.1f GFLOP/s measured (host matmul, float32)", peak / 1e9)
+    return peak
+
+
+def measured_cpu_matmul_flops(size: int = 512, repeats: int = 5) -> float:
+    """Best-of-``repeats`` FLOP/s of a float32 matmul on the host CPU (eager torch).
+
+    The best, not the mean: a peak, robust to other processes sharing the cores.
+    Small (about 20 ms in all) because it runs at every start-up.
+    """
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best
 
 
 def plot(jsonl_path: str, png_path: str) -> None:

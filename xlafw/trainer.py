@@ -19,6 +19,7 @@ clipping, optimizer, schedule); metrics are read in step closures only.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -26,7 +27,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 
 import fiddle as fdl
@@ -35,10 +35,9 @@ from fiddle import printing
 from fiddle.experimental import serialization
 
 from xlafw.config import config_hash, validate, write_run_files
-from xlafw.config.plan import flops_per_token
-from xlafw.diff import diff_configs
+from xlafw.config.plan import flops_per_token, parameter_group
 from xlafw.experiment import Experiment
-from xlafw.metrics import JsonlSink, StepLogger, StepMetrics, WandbSink, plot
+from xlafw.metrics import StepLogger, StepMetrics, make_sinks, peak_flops, plot
 
 log = logging.getLogger(__name__)
 STARTUP_STAGES = 13
@@ -51,7 +50,7 @@ def stage(n: int, message: str, *args) -> None:
 def setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO,
-        format="%(asctime)s %(levelname).1s %(name)s] %(message)s",
+        format="%(asctime)s.%(msecs)03d %(levelname).1s %(name)s] %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stdout,
         force=True,
@@ -71,25 +70,11 @@ def default_dtype(dtype: torch.dtype):
 
 
 def parameter_breakdown(model: torch.nn.Module) -> dict[str, int]:
-    """Parameter counts grouped by role (attention, mlp, embedding, ...)."""
-    groups = {"attention": 0, "mlp": 0, "embedding": 0, "lm_head": 0, "norm": 0, "other": 0}
-    for name, p in model.named_parameters():
-        key = next(
-            (
-                g
-                for g, marker in (
-                    ("attention", "self_attn"),
-                    ("mlp", "mlp"),
-                    ("embedding", "embed_tokens"),
-                    ("lm_head", "lm_head"),
-                    ("norm", "norm"),
-                )
-                if marker in name
-            ),
-            "other",
-        )
-        groups[key] += p.numel()
-    return groups
+    """Parameter counts per module group, as ``--dry_run`` reports them."""
+    counts: collections.Counter[str] = collections.Counter()
+    for name, param in model.named_parameters():
+        counts[parameter_group(name)] += param.numel()
+    return dict(counts)
 
 
 class TrainingStopped(RuntimeError):
@@ -121,8 +106,10 @@ class Trainer:
     def setup(self) -> None:
         """Startup stages 4-12: runtime, model, parallelism, optimizer, checkpoint."""
         import torch_xla
+        import torch_xla.distributed.parallel_loader as pl
 
         from xlafw import runtime
+        from xlafw.checkpoint import CheckpointManager
         from xlafw.parallel import apply as parallel_apply
 
         exp, settings = self.experiment, self.settings
@@ -167,15 +154,36 @@ class Trainer:
         self.optimizer.init_state()
         parallel_apply.shard_optimizer_state(self.optimizer, self.model, exp, self.rt)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.data = exp.data(host=sharded.data_shard)
-        torch_xla.sync()  # materialize the initialized, sharded parameters and state
-        stage(
-            12,
-            "optimizer %s, schedule %s; %s",
-            type(self.optimizer).__name__,
-            schedule,
-            self._restore_or_start(),
+
+        self.checkpoints = CheckpointManager(
+            exp.checkpoint, exp.checkpoint_dir, self.rt.process_index
         )
+        self.checkpoints.remove_incomplete()
+        state_bytes = sum(3 * p.numel() * p.element_size() for p in self.params)
+        self.checkpoints.preflight(state_bytes // self.rt.process_count)
+        resume_step = self.checkpoints.resume_point(self.config, self.config_hash)
+
+        self.data = exp.data(host=sharded.data_shard)
+        if resume_step is not None:
+            self.data.restore(self.checkpoints.data_position(resume_step), batches=resume_step)
+        # Iterating the loader starts its reader thread: the first batches are read
+        # and tokenized while the initialization graph below compiles.
+        loader = pl.MpDeviceLoader(self.data, self.rt.device, input_sharding=self.input_sharding)
+        self.batches = iter(loader)
+        torch_xla.sync()  # materialize the initialized, sharded parameters and state
+        if resume_step is None:
+            resumed = f"no checkpoint in {self.checkpoints.directory}: starting at step 1"
+        else:
+            self.checkpoints.restore(resume_step, self.model, self.optimizer)
+            # Materialize the loaded values, so the first step runs the same graph
+            # as every other (and as the uninterrupted run: bit-identical losses).
+            torch_xla.sync()
+            self.start_step = resume_step
+            resumed = (
+                f"resumed from {self.checkpoints.path(resume_step)} (step {resume_step}, "
+                f"data at {self.checkpoints.data_position(resume_step)})"
+            )
+        stage(12, "optimizer %s, schedule %s; %s", type(self.optimizer).__name__, schedule, resumed)
 
     def _compile_cache_dir(self) -> str | None:
         mode, on_cpu = self.settings.compile_cache, os.environ.get("PJRT_DEVICE", "CPU") == "CPU"
@@ -187,53 +195,6 @@ class Trainer:
         if mode == "on" or (mode == "auto" and not on_cpu):
             return self.settings.compile_cache_dir
         return None
-
-    def _restore_or_start(self) -> str:
-        """Creates the checkpoint manager and resumes from the newest checkpoint."""
-        from xlafw.checkpoint import RESUMABLE_CHANGES, CheckpointError, CheckpointManager
-
-        exp = self.experiment
-        self.checkpoints = CheckpointManager(
-            exp.checkpoint, exp.checkpoint_dir, self.rt.process_index
-        )
-        self.checkpoints.remove_incomplete()
-        state_bytes = sum(3 * p.numel() * p.element_size() for p in self.params)
-        self.checkpoints.preflight(state_bytes // self.rt.process_count)
-        steps = self.checkpoints.steps()
-        if not steps:
-            return f"no checkpoint in {self.checkpoints.directory}: starting at step 1"
-        if exp.checkpoint.resume == "never":
-            raise CheckpointError(
-                f"{self.checkpoints.directory} already holds checkpoints {steps} and "
-                f"checkpoint.resume is 'never'. Fix: use another trainer.run_dir, or "
-                f"--fdl_set=checkpoint.resume=auto to continue that run."
-            )
-        saved_json, saved_hash = self.checkpoints.saved_config(steps[-1])
-        if saved_hash != self.config_hash:
-            changes = diff_configs(serialization.load_json(saved_json), self.config)
-            blocking = [str(c) for c in changes if not c.path.startswith(RESUMABLE_CHANGES)]
-            if blocking and not exp.checkpoint.allow_config_change:
-                raise CheckpointError(
-                    f"the config differs from the one saved with checkpoint step {steps[-1]} "
-                    f"in {self.checkpoints.directory}:\n  "
-                    + "\n  ".join(blocking)
-                    + "\nFix: run with the saved config (--fdl_config_file="
-                    f"{self.checkpoints.path(steps[-1]) / 'config.json'}), use another "
-                    f"trainer.run_dir, or pass --fdl_set=checkpoint.allow_config_change=true."
-                )
-            for change in changes:
-                log.warning("config changed since the checkpoint: %s", change)
-        restored = self.checkpoints.restore(steps[-1], self.model, self.optimizer)
-        import torch_xla
-
-        # Materialize the loaded values, so the first step runs the same graph as
-        # every other (and as the uninterrupted run: bit-identical losses).
-        torch_xla.sync()
-        self.data.restore(restored.data_position, batches=restored.step)
-        self.start_step = restored.step
-        return (
-            f"resumed from {restored.path} (step {restored.step}, data at {restored.data_position})"
-        )
 
     def train_step(self, batch: dict[str, torch.Tensor]):
         """Forward, loss, backward, clipping, optimizer and schedule: one graph."""
@@ -284,22 +245,30 @@ class Trainer:
         import torch_xla
         import torch_xla.core.xla_model as xm
         import torch_xla.debug.profiler as xp
-        import torch_xla.distributed.parallel_loader as pl
 
         from xlafw import runtime
 
         settings, every = self.settings, self.experiment.checkpoint.every_steps
-        loader = pl.MpDeviceLoader(self.data, self.rt.device, input_sharding=self.input_sharding)
-        batches = iter(loader)
+        batches = self.batches
         self.model.train()
-        sinks = self._sinks()
+        sinks = make_sinks(
+            self.experiment.metrics,
+            self.run_dir,
+            self.experiment.name,
+            printing.as_dict_flattened(self.config),
+            primary=self.rt.process_index == 0,
+        )
         logger = StepLogger(
             tokens_per_step=self.data.tokens_per_step,
             max_steps=settings.max_steps,
             steps_per_epoch=settings.steps_per_epoch,
             num_devices=self.rt.num_devices,
             flops_per_token=flops_per_token(self.config, self.model),
-            peak_flops=self._peak_flops(),
+            peak_flops=peak_flops(
+                self.experiment.metrics.peak_tflops_per_device,
+                runtime.tpu_generation(),
+                self.rt.num_devices,
+            ),
             sinks=sinks,
             compile_counter=runtime.compile_count,
         )
@@ -376,39 +345,6 @@ class Trainer:
         log.info("training finished at step %d of %d", step, settings.max_steps)
         return logger.history
 
-    def _sinks(self) -> list:
-        sinks: list = [JsonlSink(os.path.join(self.run_dir, "metrics.jsonl"))]
-        settings = self.experiment.metrics
-        if settings.wandb != "disabled" and self.rt.process_index == 0:
-            config = {k: str(v) for k, v in printing.as_dict_flattened(self.config).items()}
-            sinks.append(
-                WandbSink(
-                    settings.wandb,
-                    settings.wandb_project,
-                    self.experiment.name,
-                    self.run_dir,
-                    config,
-                )
-            )
-        return sinks
-
-    def _peak_flops(self) -> float:
-        """Peak FLOP/s of all devices together, for MFU."""
-        from xlafw import runtime
-        from xlafw.config.hardware import TPU_TYPES
-
-        declared = self.experiment.metrics.peak_tflops_per_device
-        if declared:
-            return declared * 1e12 * self.rt.num_devices
-        generation = runtime.tpu_generation()
-        if generation in TPU_TYPES:
-            return TPU_TYPES[generation].peak_bf16_flops * self.rt.num_devices
-        # XLA's CPU backend: every virtual device shares the host's cores, so
-        # the host's matmul rate is the peak of all of them together.
-        peak = measured_cpu_matmul_flops()
-        log.info("MFU peak: %.1f GFLOP/s measured (host matmul, float32)", peak / 1e9)
-        return peak
-
     def _on_recompile(self, step: int, before: dict | None, after: dict) -> None:
         cause = (
             f"input shapes changed {before} -> {after}"
@@ -419,20 +355,6 @@ class Trainer:
         if self.experiment.metrics.on_recompile == "error":
             raise TrainingStopped(message + " (metrics.on_recompile=error)")
         log.warning(message)
-
-
-def measured_cpu_matmul_flops(size: int = 1024, repeats: int = 7) -> float:
-    """Best-of-``repeats`` FLOP/s of a float32 matmul on the host CPU (eager torch).
-
-    The best, not the mean: a peak, robust to other processes sharing the cores.
-    """
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
 
 
 def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:

@@ -40,6 +40,7 @@ discount.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from collections.abc import Mapping
@@ -57,9 +58,29 @@ REMAT_LAYER = "LlamaDecoderLayer"
 LAYERS = "model.layers.*"
 
 
+@contextlib.contextmanager
+def _skipped_weight_init():
+    """Makes ``torch.nn.init``'s in-place initializers no-ops for a moment.
+
+    Meta tensors have no values to initialize, but ``normal_`` on the meta
+    device still goes through torch's Python reference kernels, whose first
+    use imports ~1 s of modules: every CLI command, error exits included, would
+    pay it. (transformers' ``no_init_weights`` does the same for the same reason.)
+    """
+    names = [n for n in dir(torch.nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(torch.nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(torch.nn.init, n, fn)
+
+
 def meta_model(cfg: fdl.Config) -> torch.nn.Module:
     """Builds the experiment's model on the meta device: shapes only, no memory."""
-    with torch.device("meta"):
+    with torch.device("meta"), _skipped_weight_init():
         return fdl.build(cfg.model)()
 
 

@@ -38,8 +38,9 @@ class Llama3RopeScaling:
 def inverse_frequencies(
     head_dim: int, theta: float, scaling: Llama3RopeScaling | None
 ) -> torch.Tensor:
-    """Returns the ``[head_dim // 2]`` float32 inverse frequencies."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    """Returns the ``[head_dim // 2]`` float32 inverse frequencies, on the CPU."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.float32, device="cpu") / head_dim
+    inv_freq = 1.0 / (theta**exponents)
     if scaling is None:
         return inv_freq.float()
     old_len = scaling.original_max_position_embeddings
@@ -64,10 +65,10 @@ class RotaryEmbedding(nn.Module):
 
     def __init__(self, head_dim: int, theta: float, scaling: Llama3RopeScaling | None):
         super().__init__()
-        # Not persistent: derived from the config, so never in a checkpoint.
-        self.register_buffer(
-            "inv_freq", inverse_frequencies(head_dim, theta, scaling), persistent=False
-        )
+        # Computed on the CPU (a few values), then moved where the model is being
+        # built. Not persistent: derived from the config, so never in a checkpoint.
+        inv_freq = inverse_frequencies(head_dim, theta, scaling)
+        self.register_buffer("inv_freq", inv_freq.to(torch.get_default_device()), persistent=False)
 
     def forward(
         self, position_ids: torch.Tensor, dtype: torch.dtype
