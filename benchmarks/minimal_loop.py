@@ -18,22 +18,15 @@ import json
 import os
 import time
 
+import fiddle as fdl
 import numpy as np
 import torch
 
+from xlafw.config import build_config
 from xlafw.data import SHAKESPEARE_TEXTS, SentencePieceTokenizer, TextFiles
-from xlafw.models import LlamaConfig, LlamaForCausalLM
+from xlafw.models import LlamaForCausalLM
 
 SEQ_LEN, BATCH, LOG_EVERY = 256, 8, 10
-LLAMA_TINY = dict(
-    vocab_size=32000,
-    hidden_size=256,
-    intermediate_size=688,
-    num_hidden_layers=4,
-    num_attention_heads=8,
-    num_key_value_heads=4,
-    max_position_embeddings=2048,
-)
 
 
 def batches(steps: int) -> torch.Tensor:
@@ -68,7 +61,9 @@ def main() -> None:
     else:
         device = torch.device("cpu")
     torch.set_default_dtype(dtype)
-    model = LlamaForCausalLM(LlamaConfig(**LLAMA_TINY)).to(device)
+    # The model hyper-parameters are llama_tiny's; everything else is hand-written.
+    model_config = fdl.build(build_config("llama_tiny").model.config)
+    model = LlamaForCausalLM(model_config).to(device)
     torch.set_default_dtype(torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95))
     windows, first_step_done = [], None

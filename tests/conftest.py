@@ -24,6 +24,16 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 
+# llama_tiny shrunk to seconds per run: the command-line overrides tests share.
+SMALL_MODEL = (
+    "--fdl.model.config.hidden_size=64",
+    "--fdl.model.config.intermediate_size=172",
+    "--fdl.model.config.num_hidden_layers=2",
+    "--fdl.model.config.num_attention_heads=4",
+    "--fdl.model.config.num_key_value_heads=2",
+)
+
+
 def run_xlafw(*args: str, env: dict[str, str] | None = None, timeout: float = 600):
     """Runs ``python -m xlafw.main ARGS`` from the repository root; returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}

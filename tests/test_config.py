@@ -182,3 +182,15 @@ def test_cli_sweep_reports_every_bad_trial_and_writes_nothing(tmp_path, xlafw_cl
     assert "trial_000 (optimizer.lr=fast)" in proc.stderr
     assert "trial_002 (optimizer.lr=slow)" in proc.stderr
     assert not (tmp_path / "sweep").exists()
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_refused():
+    cfg = build_config("llama_tiny", sets=["model.config.vocab_size=1000"])
+    with pytest.raises(ConfigError, match=r"produces 32000 ids but model\.config\.vocab_size=1000"):
+        validate(cfg)
+
+
+def test_missing_tokenizer_file_names_the_path():
+    cfg = build_config("llama_tiny", sets=["data.tokenizer.model_file=/nowhere/tok.model"])
+    with pytest.raises(ConfigError, match=r"/nowhere/tok\.model: no such file"):
+        validate(cfg)

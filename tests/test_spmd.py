@@ -7,14 +7,10 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import ROOT
+from conftest import ROOT, SMALL_MODEL
 
 SMALL = (
-    "--fdl.model.config.hidden_size=64",
-    "--fdl.model.config.intermediate_size=172",
-    "--fdl.model.config.num_hidden_layers=2",
-    "--fdl.model.config.num_attention_heads=4",
-    "--fdl.model.config.num_key_value_heads=2",
+    *SMALL_MODEL,
     "--fdl.data.seq_len=64",
     "--fdl.trainer.max_steps=12",
     "--fdl.trainer.log_every=1",

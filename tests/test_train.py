@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from conftest import SMALL_MODEL
+
 
 def _metrics(run_dir):
     with open(run_dir / "metrics.jsonl") as f:
@@ -58,15 +60,6 @@ def test_saved_config_reloads_to_the_same_config(xlafw_cli, tmp_path):
     printed, _, hash_line = again.stdout.strip().rpartition("\n")
     assert printed.strip() == first.strip()
     assert hash_line == f"# config_hash: {(tmp_path / 'config_hash.txt').read_text().strip()}"
-
-
-SMALL_MODEL = (
-    "--fdl.model.config.hidden_size=64",
-    "--fdl.model.config.intermediate_size=172",
-    "--fdl.model.config.num_hidden_layers=2",
-    "--fdl.model.config.num_attention_heads=4",
-    "--fdl.model.config.num_key_value_heads=2",
-)
 
 
 def test_sft_run_with_varying_example_lengths_never_recompiles(xlafw_cli, tmp_path):

@@ -68,6 +68,40 @@ def _model_checks(cfg: fdl.Config) -> Iterator[str]:
             f"data.seq_len={seq} exceeds model.config.max_position_embeddings="
             f"{model.max_position_embeddings}. Fix: shorten the sequence or raise the limit."
         )
+    yield from _tokenizer_checks(cfg)
+
+
+def _tokenizer_checks(cfg: fdl.Config) -> Iterator[str]:
+    """The tokenizer exists and its ids fit the model's vocabulary.
+
+    Checked for tokenizers on local disk (a sentencepiece file, a local HF
+    directory); a hub tokenizer needs the network, so it is checked when the
+    data pipeline loads it.
+    """
+    tokenizer_cfg = getattr(cfg.data, "tokenizer", None)
+    if not isinstance(tokenizer_cfg, fdl.Buildable):
+        return
+    local = getattr(tokenizer_cfg, "model_file", None) or getattr(
+        tokenizer_cfg, "name_or_path", None
+    )
+    if local is None or (not str(local).startswith("pkg:") and not os.path.exists(local)):
+        if getattr(tokenizer_cfg, "model_file", None) is not None:
+            yield (
+                f"data.tokenizer.model_file={local}: no such file. Fix: point it at a "
+                f"sentencepiece .model file (pkg:PACKAGE/PATH for one inside a package)."
+            )
+        return
+    try:
+        vocab = fdl.build(tokenizer_cfg).vocab_size
+    except (OSError, ValueError) as e:  # missing package data, unreadable model file
+        yield f"data.tokenizer: {e}"
+        return
+    model_vocab = cfg.model.config.vocab_size
+    if vocab > model_vocab:
+        yield (
+            f"data.tokenizer produces {vocab} ids but model.config.vocab_size={model_vocab}. "
+            f"Fix: --fdl_set=model.config.vocab_size={vocab} (or a multiple of 128 above it)."
+        )
 
 
 def _trainer_checks(cfg: fdl.Config) -> Iterator[str]:
@@ -88,7 +122,10 @@ def _hf_checkpoint_checks(cfg: fdl.Config, directory: str) -> Iterator[str]:
     """The Hugging Face directory exists and describes the configured model."""
     import json
 
-    from xlafw.models.hf_config import hf_config_to_llama_config  # imports no torch_xla
+    from xlafw.models.hf_config import (  # imports no torch_xla
+        ARCHITECTURE_FIELDS,
+        hf_config_to_llama_config,
+    )
 
     config_file = os.path.join(directory, "config.json")
     if not os.path.isfile(config_file):
@@ -104,16 +141,7 @@ def _hf_checkpoint_checks(cfg: fdl.Config, directory: str) -> Iterator[str]:
         yield f"trainer.init_from_hf={directory}: {e}"
         return
     ours = fdl.build(cfg.model.config)
-    for field in (
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "rms_norm_eps",
-        "rope_theta",
-    ):
+    for field in ARCHITECTURE_FIELDS:
         if getattr(ours, field) != getattr(theirs, field):
             yield (
                 f"trainer.init_from_hf: model.config.{field}={getattr(ours, field)} but the "
