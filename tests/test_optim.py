@@ -62,3 +62,13 @@ def test_clip_grad_norm_returns_the_preclip_norm_and_scales_to_max():
     assert math.isclose(norm.item(), 5.0)
     total = torch.cat([a.grad, b.grad]).norm().item()
     assert math.isclose(total, 1.0, rel_tol=1e-5)
+
+
+def test_logged_update_norm_is_the_norm_of_the_applied_update():
+    (p, _) = _twin_params()
+    before = p.detach().clone()
+    opt = AdamW([p], lr=0.1, weight_decay=0.0, update_clip=0.5)
+    p.grad = torch.randn(4, 3)
+    opt.step()
+    applied = (before - p.detach()).norm().item()
+    assert math.isclose(opt.last_update_norm.item(), applied, rel_tol=1e-5)

@@ -111,14 +111,17 @@ class AdamW(torch.optim.Optimizer):
                 m_hat = exp_avg / (1 - beta1**step)
                 v_hat = exp_avg_sq / (1 - beta2**step)
                 update = m_hat / (v_hat.sqrt() + group["eps"])
+                # One reduction serves both the clipping and the logged update norm:
+                # ||lr * update||^2 = lr^2 * numel * rms^2, rms taken after clipping.
+                rms = update.float().pow(2).mean().sqrt()
                 if self.update_clip is not None:
-                    rms = update.float().pow(2).mean().sqrt()
-                    update = update / (rms / self.update_clip).clamp(min=1.0).to(update.dtype)
+                    scale = (rms / self.update_clip).clamp(min=1.0)
+                    update = update / scale.to(update.dtype)
+                    rms = rms / scale
+                update_squares.append((lr * rms).pow(2) * p.numel())
                 if group["weight_decay"] and p.ndim >= 2:
                     p.mul_(1 - lr * group["weight_decay"])
-                delta = lr.to(p.dtype) * update
-                update_squares.append(delta.float().pow(2).sum())
-                p.sub_(delta)
+                p.sub_(lr.to(p.dtype) * update)
         if update_squares:
             self.last_update_norm = torch.stack(update_squares).sum().sqrt()
         return loss
