@@ -274,7 +274,6 @@ def test_sharded_8_device_import_keeps_shardings_and_matches_transformers(tmp_pa
 
 
 def test_training_starts_from_hf_weights_and_validation_checks_the_shape(tmp_path, xlafw_cli):
-    transformers = pytest.importorskip("transformers")
     hf_config = transformers.LlamaConfig(
         vocab_size=32000,
         hidden_size=64,
