@@ -27,7 +27,7 @@ from typing import Literal
 
 import torch
 
-from xlafw.data.pipeline import BatchPositions
+from xlafw.data.pipeline import BatchPipeline
 from xlafw.parallel import Mesh, RematPolicy, ShardingRules
 
 
@@ -144,7 +144,7 @@ class Experiment:
     model: Callable[[], torch.nn.Module]
     optimizer: Callable[..., torch.optim.Optimizer]
     lr_schedule: Callable[..., Callable[[torch.Tensor], torch.Tensor]]
-    data: Callable[..., BatchPositions]
+    data: Callable[..., BatchPipeline]
     mesh: Mesh = Mesh()
     sharding: ShardingRules = ShardingRules()
     remat: RematPolicy = RematPolicy()

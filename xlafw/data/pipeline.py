@@ -46,17 +46,38 @@ class HostShard:
     process_count: int = 1
 
 
-class BatchPositions:
-    """The stream position after each produced batch, for checkpoints.
+class BatchPipeline:
+    """What every pipeline shares: fixed-shape batches for one host, resumable.
 
-    The device loader prefetches ahead of the step loop, so the trainer asks
-    for the position after the batch it actually consumed, not the latest.
+    The stream position after each produced batch is remembered for checkpoints:
+    the device loader prefetches ahead of the step loop, so the trainer asks for
+    the position after the batch it actually consumed, not the latest.
+
+    Args:
+      source: where the data comes from.
+      tokenizer: turns text into ids.
+      seq_len: tokens per row.
+      global_batch_size: rows per step over all hosts; each host yields
+        ``global_batch_size // process_count`` of them.
+      host: this process's share; the trainer fills it from the runtime.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, source, tokenizer: Tokenizer, seq_len: int, global_batch_size: int, host: HostShard
+    ) -> None:
+        self.host_batch_size = check_host_split(global_batch_size, host)
+        self.source = source
+        self.tokenizer = tokenizer
+        self.seq_len = seq_len
+        self.global_batch_size = global_batch_size
+        self.host = host
         self._start = StreamPosition()
         self._start_batch = 0
         self._after: dict[int, StreamPosition] = {}
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.global_batch_size * self.seq_len
 
     def restore(self, position: StreamPosition, batches: int) -> None:
         """Resumes at ``position`` after ``batches`` batches (from a checkpoint)."""
@@ -83,7 +104,7 @@ def check_host_split(global_batch_size: int, host: HostShard) -> int:
     return global_batch_size // host.process_count
 
 
-class DataPipeline(BatchPositions):
+class DataPipeline(BatchPipeline):
     """Packed causal-LM batches for one host.
 
     Yields ``input_ids`` and ``labels`` (equal: the model shifts), plus
@@ -110,18 +131,8 @@ class DataPipeline(BatchPositions):
         document_boundaries: DocumentBoundaries = DocumentBoundaries.IGNORED,
         host: HostShard = HostShard(),
     ):
-        super().__init__()
-        self.host_batch_size = check_host_split(global_batch_size, host)
-        self.source = source
-        self.tokenizer = tokenizer
-        self.seq_len = seq_len
-        self.global_batch_size = global_batch_size
+        super().__init__(source, tokenizer, seq_len, global_batch_size, host)
         self.document_boundaries = document_boundaries
-        self.host = host
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch_size * self.seq_len
 
     def rows(self, start: StreamPosition = StreamPosition()) -> Iterator[PackedRow]:
         """Yields packed ``[seq_len]`` rows from ``start``, each with the position after it."""

@@ -28,7 +28,7 @@ from xlafw.data.collators import (
     Truncation,
     sft_batch,
 )
-from xlafw.data.pipeline import BatchPositions, HostShard, check_host_split
+from xlafw.data.pipeline import BatchPipeline, HostShard
 from xlafw.data.streams import RecordSource, StreamPosition
 from xlafw.data.tokenizers import Tokenizer
 
@@ -39,7 +39,7 @@ class SftFormat(Protocol):
     def spans(self, record: dict) -> list[Span]: ...
 
 
-class SftPipeline(BatchPositions):
+class SftPipeline(BatchPipeline):
     """Padded SFT batches for one host.
 
     Yields ``input_ids``, ``labels`` (-100 on prompt and pad positions) and
@@ -68,19 +68,9 @@ class SftPipeline(BatchPositions):
         add_bos: bool = True,
         host: HostShard = HostShard(),
     ):
-        super().__init__()
-        self.host_batch_size = check_host_split(global_batch_size, host)
-        self.source = source
-        self.tokenizer = tokenizer
-        self.seq_len = seq_len
-        self.global_batch_size = global_batch_size
+        super().__init__(source, tokenizer, seq_len, global_batch_size, host)
         self.format = format
-        self.host = host
         self.encoder = SftEncoder(tokenizer, seq_len, truncation, add_bos)
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch_size * self.seq_len
 
     def examples(
         self, start: StreamPosition = StreamPosition()
