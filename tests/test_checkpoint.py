@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 
-from conftest import ROOT
+from conftest import ROOT, SMALL_MODEL
 
 BASE = (
     "--fdl_config=llama_tiny_smoke",
@@ -167,11 +167,7 @@ SPMD_ROUNDTRIP = textwrap.dedent(
 
 def test_sharded_roundtrip_keeps_partially_replicated_tensors_on_a_2d_mesh(tmp_path):
     sets = [
-        "model.config.hidden_size=64",
-        "model.config.intermediate_size=172",
-        "model.config.num_hidden_layers=2",
-        "model.config.num_attention_heads=4",
-        "model.config.num_key_value_heads=2",
+        *(flag.removeprefix("--fdl.") for flag in SMALL_MODEL),
         "data.seq_len=64",
         f"trainer.run_dir={tmp_path}",
     ]

@@ -165,7 +165,8 @@ class Trainer:
 
         self.data = exp.data(host=sharded.data_shard)
         if resume_step is not None:
-            self.data.restore(self.checkpoints.data_position(resume_step), batches=resume_step)
+            data_position = self.checkpoints.data_position(resume_step)
+            self.data.restore(data_position, batches=resume_step)
         # Iterating the loader starts its reader thread: the first batches are read
         # and tokenized while the initialization graph below compiles.
         loader = pl.MpDeviceLoader(self.data, self.rt.device, input_sharding=self.input_sharding)
@@ -181,7 +182,7 @@ class Trainer:
             self.start_step = resume_step
             resumed = (
                 f"resumed from {self.checkpoints.path(resume_step)} (step {resume_step}, "
-                f"data at {self.checkpoints.data_position(resume_step)})"
+                f"data at {data_position})"
             )
         stage(12, "optimizer %s, schedule %s; %s", type(self.optimizer).__name__, schedule, resumed)
 
