@@ -158,6 +158,9 @@ class CheckpointManager:
         tmp = self.directory / f".{final.name}.tmp"
         if self.process_index == 0 and tmp.exists():
             tmp.rmtree()
+        # Block until every pending graph has run: the planner reads each tensor's
+        # device data, which torch_xla refuses while an async execution is in flight.
+        torch_xla.sync(wait=True)
         xm.wait_device_ops()
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
         with warnings.catch_warnings():
