@@ -1,12 +1,17 @@
 """Flash and splash attention (torch_xla's Pallas kernels) and the work around them.
 
-The kernels run only on TPU (on XLA's CPU backend Pallas kernels run only in
-interpret mode, which torch_xla's wrappers do not offer; validation refuses
-them there). Everything around the call is plain tensor code and is tested on
+In training the kernels run only on TPU (on XLA's CPU backend Pallas kernels
+run only in interpret mode, which torch_xla's wrappers have no option for;
+validation refuses them there). Everything around the call is plain tensor code and is tested on
 CPU: block sizes (``kernel_blocks``), padding to whole blocks with the padding
 masked by segment ids (``prepare_kernel_inputs``), grouped KV heads, the
 partition specs taken from the global mesh (``kernel_partition_specs``) and
-slicing the padding off (``finish_kernel_output``).
+slicing the padding off (``finish_kernel_output``). The kernel bodies are
+checked on CPU too, in JAX's Pallas interpret mode through torch_xla's JAX
+bridge (tests/test_attention_interpret.py): ``splash_attention`` below runs end
+to end under ``jax.experimental.pallas.tpu.force_tpu_interpret_mode(True)``;
+torch_xla's flash wrapper always builds a Mosaic call, so there JAX's flash
+kernel runs through ``call_jax`` on what ``prepare_kernel_inputs`` produces.
 
 Masking: causality is the kernel's ``causal`` flag; padding and packed
 documents become segment ids, which the kernels compare for equality. Real
