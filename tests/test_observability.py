@@ -9,6 +9,8 @@ import textwrap
 
 from conftest import ROOT
 
+from xlafw.metrics import best_cpu_matmul_flops
+
 
 def test_run_writes_jsonl_plot_profile_and_wandb_offline_history(xlafw_cli, tmp_path):
     proc = xlafw_cli(
@@ -91,3 +93,16 @@ def test_shape_change_after_warmup_triggers_the_recompilation_alarm(tmp_path):
 def test_recompilation_alarm_can_stop_the_run(tmp_path):
     proc = _shape_change(tmp_path, "metrics.on_recompile=error")
     assert "STOPPED XLA recompiled at step 5" in proc.stdout, proc.stdout[-3000:]
+
+
+def test_cpu_peak_is_the_best_rate_measured_on_this_machine(tmp_path):
+    path = str(tmp_path / "cache" / "peak.json")
+    assert best_cpu_matmul_flops(100e9, path) == 100e9
+    # A probe slowed by other work on the cores does not lower the peak...
+    assert best_cpu_matmul_flops(11e9, path) == 100e9
+    # ...a faster one raises it, and it is remembered.
+    assert best_cpu_matmul_flops(150e9, path) == 150e9
+    assert best_cpu_matmul_flops(1.0, path) == 150e9
+    (tmp_path / "cache" / "peak.json").write_text("not json")
+    assert best_cpu_matmul_flops(42e9, path) == 42e9
+    assert not list((tmp_path / "cache").glob("*.tmp"))

@@ -59,7 +59,7 @@ PROBE = textwrap.dedent(
     from xlafw.config import build_config
     from xlafw.trainer import Trainer
     cfg = build_config("llama_tiny_spmd", sets=sys.argv[1:])
-    trainer = Trainer(fdl.build(cfg), sys.argv[0])
+    trainer = Trainer(fdl.build(cfg), cfg)
     trainer.setup()
     batch = next(iter(trainer.data))
     batch = {k: v.to(trainer.rt.device) for k, v in batch.items()}

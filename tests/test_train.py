@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 from conftest import SMALL_MODEL
@@ -29,6 +30,11 @@ def test_smoke_run_loss_falls_and_step_compiles_once(xlafw_cli, tmp_path):
     lrs = [r["lr"] for r in rows]
     assert lrs[0] < lrs[4] and lrs[-1] < lrs[5]
     assert all(r["tokens_per_s"] > 0 for r in rows)
+    # A step's time is completion to completion: it matches the wall clock
+    # between consecutive log lines (timestamps are taken after the reads).
+    for before, after in itertools.pairwise(rows[5:]):
+        wall = after["timestamp"] - before["timestamp"]
+        assert abs(after["step_time_s"] - wall) < 0.05 * wall + 0.01, (before, after)
 
 
 def test_startup_stages_run_in_documented_order(xlafw_cli, tmp_path):
@@ -89,3 +95,18 @@ def test_packed_documents_with_segment_ids_train_without_recompiling(xlafw_cli, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _metrics(tmp_path)
     assert rows[-1]["compiles"] == rows[1]["compiles"] and rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_small_models_initialize_on_the_host_large_ones_on_the_device():
+    import fiddle as fdl
+
+    from xlafw.config import build_config
+    from xlafw.trainer import Trainer
+
+    def on_host(name, *sets):
+        cfg = build_config(name, sets=list(sets))
+        return Trainer(fdl.build(cfg), cfg)._init_on_host()[0]
+
+    assert on_host("llama_tiny") and not on_host("llama_8b")
+    assert not on_host("llama_tiny", "trainer.init_on=device")
+    assert on_host("llama_8b", "trainer.init_on=host")

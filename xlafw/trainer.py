@@ -2,7 +2,8 @@
 
 Startup (each stage is logged as ``[startup N/13]``):
 
- 1. logging set up            6. model built (model dtype, XLA device); rendezvous
+ 1. logging set up            6. model built (model dtype; on the host or the XLA
+                                 device, see TrainerSettings.init_on); rendezvous
  2. config validated          7. nn.Linear patched for SPMD (einsum)
  3. config printed and saved  8. mesh, input sharding, parameter sharding
  4. seeds set                 9. pure modules marked
@@ -116,22 +117,33 @@ class Trainer:
         self.rt = runtime.start(
             spmd=parallel_apply.wants_spmd(exp.mesh), compile_cache_dir=self._compile_cache_dir()
         )
+        # Before any other thread or graph runs: on CPU this measures the host.
+        self.peak_flops = peak_flops(
+            exp.metrics.peak_tflops_per_device, runtime.tpu_generation(), self.rt.num_devices
+        )
         stage(4, "seed %d (python, numpy, torch, XLA)", settings.seed)
         runtime.seed_everything(settings.seed)
         stage(5, "default dtype float32")
         torch.set_default_dtype(torch.float32)
 
-        with default_dtype(settings.torch_dtype), self.rt.device:
+        on_host, why = self._init_on_host()
+        with (
+            default_dtype(settings.torch_dtype),
+            contextlib.nullcontext() if on_host else self.rt.device,
+        ):
             self.model = exp.model()
+        if on_host:
+            self.model.to(self.rt.device)
         runtime.rendezvous("model_built")
         counts = parameter_breakdown(self.model)
         self.num_parameters = sum(counts.values())
         stage(
             6,
-            "model %s built in %s on %s: %s parameters (%s)",
+            "model %s built in %s on %s, initialized %s: %s parameters (%s)",
             type(self.model).__name__,
             settings.dtype,
             self.rt.device,
+            why,
             f"{self.num_parameters:,}",
             ", ".join(f"{k} {v:,}" for k, v in counts.items() if v),
         )
@@ -168,7 +180,8 @@ class Trainer:
             data_position = self.checkpoints.data_position(resume_step)
             self.data.restore(data_position, batches=resume_step)
         # Iterating the loader starts its reader thread: the first batches are read
-        # and tokenized while the initialization graph below compiles.
+        # and tokenized while the initialization graph below (if any) and the
+        # first step compile.
         loader = pl.MpDeviceLoader(self.data, self.rt.device, input_sharding=self.input_sharding)
         self.batches = iter(loader)
         torch_xla.sync()  # materialize the initialized, sharded parameters and state
@@ -185,6 +198,19 @@ class Trainer:
                 f"data at {data_position})"
             )
         stage(12, "optimizer %s, schedule %s; %s", type(self.optimizer).__name__, schedule, resumed)
+
+    def _init_on_host(self) -> tuple[bool, str]:
+        """Whether to initialize the weights on the host, and why (for the log)."""
+        mode = self.settings.init_on
+        if mode != "auto":
+            return mode == "host", f"on the {mode} (trainer.init_on={mode})"
+        from xlafw.config.plan import meta_model
+        from xlafw.experiment import HOST_INIT_MAX_PARAMETERS
+
+        count = sum(p.numel() for p in meta_model(self.config).parameters())
+        if count <= HOST_INIT_MAX_PARAMETERS:
+            return True, "on the host (small model: no initialization graph to compile)"
+        return False, "on the device (large model: sharded initialization graph)"
 
     def _compile_cache_dir(self) -> str | None:
         mode, on_cpu = self.settings.compile_cache, os.environ.get("PJRT_DEVICE", "CPU") == "CPU"
@@ -265,11 +291,7 @@ class Trainer:
             steps_per_epoch=settings.steps_per_epoch,
             num_devices=self.rt.num_devices,
             flops_per_token=flops_per_token(self.config, self.model),
-            peak_flops=peak_flops(
-                self.experiment.metrics.peak_tflops_per_device,
-                runtime.tpu_generation(),
-                self.rt.num_devices,
-            ),
+            peak_flops=self.peak_flops,
             sinks=sinks,
             compile_counter=runtime.compile_count,
         )

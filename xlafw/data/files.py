@@ -58,3 +58,12 @@ def resolve_one(path: str) -> str:
     if len(matches) != 1:
         raise MissingFileError(f"{path!r} matches {len(matches)} files, expected exactly one.")
     return matches[0]
+
+
+def open_text(path: str):
+    """Opens a resolved path for reading text (UTF-8, universal newlines)."""
+    if "://" in path:
+        from etils import epath
+
+        return epath.Path(path).open("r", encoding="utf-8")
+    return open(path, encoding="utf-8")

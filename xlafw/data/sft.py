@@ -19,6 +19,7 @@ from typing import Protocol
 
 import torch
 
+from xlafw import progress
 from xlafw.data.collators import (
     ChatMessages,
     PromptCompletion,
@@ -84,7 +85,13 @@ class SftPipeline(BatchPipeline):
             skip = start.document if epoch == start.epoch else 0
             records = self.source.records(self.host.process_index, self.host.process_count)
             kept = 0
-            for index, record in enumerate(itertools.islice(records, skip, None), skip):
+            records = progress.skip(
+                records,
+                skip,
+                f"data: skipping to record {skip:,} of epoch {epoch} (resume)",
+                "records",
+            )
+            for index, record in enumerate(records, skip):
                 example = self.encoder.encode(self.format.spans(record))
                 if example is not None:
                     kept += 1

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from xlafw import progress
 from xlafw.data.tokenizers import Tokenizer
 
 TOKENIZE_CHUNK_DOCS = 256
@@ -98,7 +99,12 @@ def tokenized_documents(
     eos = tokenizer.eos_id
     for epoch in itertools.count(start.epoch):
         skip = start.document if epoch == start.epoch else 0
-        docs = itertools.islice(source.documents(process_index, process_count), skip, None)
+        docs = progress.skip(
+            source.documents(process_index, process_count),
+            skip,
+            f"data: skipping to document {skip:,} of epoch {epoch} (resume)",
+            "documents",
+        )
         index = skip
         while chunk := list(itertools.islice(docs, TOKENIZE_CHUNK_DOCS)):
             for ids in tokenizer.encode_batch(chunk):

@@ -51,6 +51,7 @@ from xlafw.models.hf_config import (
 )
 from xlafw.models.llama import LlamaForCausalLM
 from xlafw.models.safetensors_stream import SAFETENSORS_DTYPES, plan_files, write_safetensors
+from xlafw.progress import Progress
 
 __all__ = [
     "HfCheckpointError",
@@ -276,7 +277,9 @@ def load_hf_weights(model: LlamaForCausalLM, directory: str | os.PathLike) -> Lo
         specs_before = {name: sharding_spec(p) for name, p in params.items()}
     files = sorted({entries[source].file for source in source_of.values()})
     num_sharded = 0
-    with torch.no_grad():
+    total_mib = sum(p.numel() * p.element_size() for p in params.values()) / 2**20
+    progress = Progress(f"weights: importing {directory}", total_mib, "MiB")
+    with torch.no_grad(), progress:
         for file in files:
             with safe_open(directory / file, framework="pt") as reader:
                 for name, param in params.items():
@@ -288,6 +291,7 @@ def load_hf_weights(model: LlamaForCausalLM, directory: str | os.PathLike) -> Lo
                         num_sharded += 1
                     else:
                         param.copy_(reader.get_tensor(source).to(param.dtype))
+                    progress.update(param.numel() * param.element_size() / 2**20)
     if on_xla:
         # Both paths above transfer at once (no pending graph holds host tensors), so
         # this is the only sync: syncing earlier would run the pending initialization
