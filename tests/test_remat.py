@@ -217,3 +217,21 @@ def test_pure_modules_give_the_plain_run_loss_and_gradients():
     values = dict(line.split() for line in proc.stdout.splitlines() if line.startswith("D"))
     assert float(values["DLOSS"]) <= 1e-5 and float(values["DGRAD"]) <= 1e-5, proc.stdout
     assert "LlamaMLP" in proc.stdout  # the stage line names the wrapped modules
+
+
+def test_scan_under_spmd_without_an_activation_rule_for_the_stack_warns():
+    import fiddle as fdl
+
+    from xlafw.config import build_config
+    from xlafw.parallel.remat import unannotated_scan_carry
+
+    def warning(cfg, spmd=True):
+        exp = fdl.build(cfg)
+        return unannotated_scan_carry(exp.remat, exp.sharding, spmd)
+
+    cfg = build_config("llama_tiny_spmd", sets=["remat.scan_layers=model.layers"])
+    assert warning(cfg) is None  # the stock rules annotate the layers
+    cfg.sharding.activations = ()
+    assert "no sharding.activations rule matches 'model.layers.*'" in warning(cfg)
+    assert "Fix: add ('model.layers.*'" in warning(cfg)
+    assert warning(cfg, spmd=False) is None

@@ -39,6 +39,7 @@ from xlafw.config import config_hash, validate, write_run_files
 from xlafw.config.plan import flops_per_token, parameter_group
 from xlafw.experiment import Experiment
 from xlafw.metrics import StepLogger, StepMetrics, make_sinks, peak_flops, plot
+from xlafw.parallel.remat import unannotated_scan_carry
 
 log = logging.getLogger(__name__)
 STARTUP_STAGES = 13
@@ -159,6 +160,8 @@ class Trainer:
             log.info(load_hf_weights(self.model, settings.init_from_hf).summary())
         stage(9, parallel_apply.mark_pure_modules(self.model, exp.remat))
         stage(10, parallel_apply.apply_checkpointing(self.model, exp.remat))
+        if warning := unannotated_scan_carry(exp.remat, exp.sharding, self.rt.spmd):
+            log.warning(warning)
         stage(11, parallel_apply.add_optimization_barriers(self.model, exp.remat))
 
         schedule = exp.lr_schedule(total_steps=settings.max_steps)

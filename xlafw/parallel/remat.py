@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from xlafw.parallel.sharding import ShardingRules
+
 # Tensors the scanned layer can send to host memory, by name.
 OFFLOADABLE_TENSORS = ("decoder_input",)
 
@@ -64,3 +66,22 @@ class RematPolicy:
             or self.pure_modules
             or self.offload_tensors
         )
+
+
+def unannotated_scan_carry(remat: RematPolicy, rules: ShardingRules, spmd: bool) -> str | None:
+    """A warning when a scanned layer stack has no activation rule under SPMD, else None.
+
+    Without one, sharding propagation picks the scan carry's layout; measured on
+    8 devices it split the hidden dimension while the saved activations were
+    batch-split, a reshard every iteration and 33% more collectives than the
+    unscanned loop (BUILD_NOTES.md, "the 10x scan case").
+    """
+    path = remat.scan_layers
+    if not spmd or not path or rules.activation_spec_for(f"{path}.0") is not None:
+        return None
+    return (
+        f"remat.scan_layers={path!r} but no sharding.activations rule matches '{path}.*': "
+        "the scan carry's sharding is left to propagation, which can reshard it every "
+        f"layer. Fix: add ('{path}.*', (('data', 'fsdp'), None, None)) to "
+        "sharding.activations, as LLAMA_FSDP does."
+    )
