@@ -11,10 +11,10 @@ stream and the shuffle buffer's fill, "steady" is the rest. llama_tiny
 consumes about 1,300 tokens/s here (2,048 tokens per 1.55 s step, issue 8's
 figure); the pipeline must deliver at least 10x that.
 
-``--loader`` also measures what the step loop waits for each batch when
-torch_xla's MpDeviceLoader (the trainer's loader, which already iterates the
-pipeline on its own thread) feeds a simulated step of ``--step_ms``, with and
-without a second background thread and queue in front of it.
+``--loader`` also measures what the step loop waits for each batch fed to a
+simulated step of ``--step_ms`` by xlafw's DeviceLoader (the trainer's) and by
+torch_xla's MpDeviceLoader, with and without a second background thread and
+queue in front of it.
 """
 
 from __future__ import annotations
@@ -76,16 +76,23 @@ def background(iterable, depth: int):
         yield items.get()
 
 
-def loader_wait(pipeline: DataPipeline, steps: int, step_ms: float, depth: int) -> float:
-    """Mean ms the step loop waits for a batch from MpDeviceLoader after warm-up."""
+def loader_wait(
+    pipeline: DataPipeline, steps: int, step_ms: float, depth: int, xlafw_loader: bool
+) -> float:
+    """Mean ms the step loop waits for a batch from the loader after warm-up."""
     import torch_xla
     import torch_xla.distributed.parallel_loader as pl
 
-    class Staged:  # what MpDeviceLoader iterates: the pipeline, maybe behind a thread
+    from xlafw.data.device_loader import DeviceLoader
+
+    class Staged:  # what the loader iterates: the pipeline, maybe behind a thread
         def __iter__(self):
             return background(pipeline, depth) if depth else iter(pipeline)
 
-    batches = iter(pl.MpDeviceLoader(Staged(), torch_xla.device()))
+    if xlafw_loader:
+        batches = DeviceLoader(Staged(), torch_xla.device())
+    else:
+        batches = iter(pl.MpDeviceLoader(Staged(), torch_xla.device()))
     next(batches)
     time.sleep(step_ms / 1000)
     waited = 0.0
@@ -120,10 +127,11 @@ def main() -> None:
             print(f"{name:38s} {first:13.2f} {steady:10,.0f} {ratio:12.1f}")
         if args.loader:
             pipeline = pipelines(python_docs)["default (file order)"]
-            for depth in (0, 8):
-                wait = loader_wait(pipeline, args.steps, args.step_ms, depth)
-                stage = f"second thread, queue {depth}" if depth else "MpDeviceLoader only"
-                print(f"wait per batch, {args.step_ms:.0f} ms step, {stage:28s} {wait:7.2f} ms")
+            for depth, xlafw_loader in ((0, True), (0, False), (8, False)):
+                wait = loader_wait(pipeline, args.steps, args.step_ms, depth, xlafw_loader)
+                stage = "xlafw DeviceLoader" if xlafw_loader else "MpDeviceLoader"
+                stage += f" + second thread, queue {depth}" if depth else ""
+                print(f"wait per batch, {args.step_ms:.0f} ms step, {stage:42s} {wait:7.2f} ms")
 
 
 if __name__ == "__main__":

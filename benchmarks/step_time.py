@@ -40,9 +40,6 @@ def run_xlafw(steps: int, dtype: str) -> dict:
                 f"--fdl.trainer.dtype={dtype}",
                 "--fdl.checkpoint.every_steps=0",
                 f"--fdl.trainer.run_dir={run_dir}",
-                # The default shuffle buffer costs ~1 s of start-up; the minimal
-                # loop reads in file order, so xlafw does too here.
-                "--fdl.data.source.shuffle_buffer=0",
             ],
             check=True,
             capture_output=True,

@@ -108,10 +108,10 @@ class Trainer:
     def setup(self) -> None:
         """Startup stages 4-12: runtime, model, parallelism, optimizer, checkpoint."""
         import torch_xla
-        import torch_xla.distributed.parallel_loader as pl
 
         from xlafw import runtime
         from xlafw.checkpoint import CheckpointManager
+        from xlafw.data.device_loader import DeviceLoader
         from xlafw.parallel import apply as parallel_apply
 
         exp, settings = self.experiment, self.settings
@@ -182,11 +182,9 @@ class Trainer:
         if resume_step is not None:
             data_position = self.checkpoints.data_position(resume_step)
             self.data.restore(data_position, batches=resume_step)
-        # Iterating the loader starts its reader thread: the first batches are read
-        # and tokenized while the initialization graph below (if any) and the
-        # first step compile.
-        loader = pl.MpDeviceLoader(self.data, self.rt.device, input_sharding=self.input_sharding)
-        self.batches = iter(loader)
+        # The loader's thread starts now: the first batches are read, tokenized and
+        # copied while the initialization graph below (if any) runs and step 1 traces.
+        self.batches = DeviceLoader(self.data, self.rt.device, self.input_sharding)
         torch_xla.sync()  # materialize the initialized, sharded parameters and state
         if resume_step is None:
             resumed = f"no checkpoint in {self.checkpoints.directory}: starting at step 1"
@@ -361,6 +359,7 @@ class Trainer:
                     break
             xm.wait_device_ops()
         finally:
+            batches.close()
             for s, handler in previous.items():
                 signal.signal(s, handler)
             for sink in sinks:

@@ -94,22 +94,28 @@ class AdamW(torch.optim.Optimizer):
         update_squares = []
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if not self.state[p]:
-                    self.init_state()
-                state = self.state[p]
-                step = state["step"]
-                step.add_(1)
-                lr = group["lr"] * self.schedule(step)
-                self.last_lr = lr
-                grad = p.grad
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if not all(self.state[p] for p in params):
+                self.init_state()
+            # A group's parameters are stepped together, so their counts are equal:
+            # the learning rate and bias corrections are computed once, from the
+            # first. Per parameter they were 3 x the parameter count of scalar
+            # ops in the step graph (~0.9 s more compile for llama_tiny's 39).
+            for p in params:
+                self.state[p]["step"].add_(1)
+            step = self.state[params[0]]["step"]
+            lr = group["lr"] * self.schedule(step)
+            self.last_lr = lr
+            correction1, correction2 = 1 - beta1**step, 1 - beta2**step
+            for p in params:
+                state, grad = self.state[p], p.grad
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 exp_avg.lerp_(grad, 1 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                m_hat = exp_avg / (1 - beta1**step)
-                v_hat = exp_avg_sq / (1 - beta2**step)
+                m_hat = exp_avg / correction1
+                v_hat = exp_avg_sq / correction2
                 update = m_hat / (v_hat.sqrt() + group["eps"])
                 # One reduction serves both the clipping and the logged update norm:
                 # ||lr * update||^2 = lr^2 * numel * rms^2, rms taken after clipping.
