@@ -101,6 +101,8 @@ def loader_wait(
         next(batches)
         waited += time.perf_counter() - start
         time.sleep(step_ms / 1000)  # the device step: the host thread waits, GIL released
+    if xlafw_loader:
+        batches.close()
     return 1000 * waited / steps
 
 

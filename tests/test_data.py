@@ -91,13 +91,17 @@ def test_text_files_split_documents_exactly_as_the_datasets_text_builder(sample_
 
 
 def test_paragraphs_split_across_read_chunks_are_whole(tmp_path):
+    import random
+
     from xlafw.data.sources import _paragraphs
 
-    text = "\n\n".join(f"paragraph {i}\nline two of {i}" for i in range(50)) + "\n"
+    rng = random.Random(0)
+    lines = [rng.choice(["", "", "a", "bb b", "ccc cc c"]) for _ in range(400)]
+    text = "\n".join(lines) + rng.choice(["", "\n", "\n\n"])
     (tmp_path / "a.txt").write_text(text)
-    with open(tmp_path / "a.txt") as f:
-        chunked = list(_paragraphs(f, chunk_chars=7))
-    assert chunked == text.split("\n\n")
+    for chunk_chars in (1, 2, 3, 7, 64, 1 << 20):
+        with open(tmp_path / "a.txt") as f:
+            assert list(_paragraphs(f, chunk_chars)) == text.split("\n\n"), chunk_chars
 
 
 def test_shuffled_text_is_a_seeded_permutation_and_hosts_stay_disjoint():

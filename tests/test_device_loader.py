@@ -42,3 +42,12 @@ def test_close_stops_a_thread_blocked_on_a_full_queue():
     next(loader)
     loader.close()
     assert not loader._thread.is_alive()
+
+
+def test_next_after_close_ends_instead_of_waiting_and_prefetch_must_be_positive():
+    loader = DeviceLoader(_batches(100), torch_xla.device())
+    loader.close()
+    with pytest.raises(StopIteration):
+        next(loader)
+    with pytest.raises(ValueError, match="prefetch"):
+        DeviceLoader(_batches(1), torch_xla.device(), prefetch=0)

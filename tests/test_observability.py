@@ -103,6 +103,7 @@ def test_cpu_peak_is_the_best_rate_measured_on_this_machine(tmp_path):
     # ...a faster one raises it, and it is remembered.
     assert best_cpu_matmul_flops(150e9, path) == 150e9
     assert best_cpu_matmul_flops(1.0, path) == 150e9
-    (tmp_path / "cache" / "peak.json").write_text("not json")
-    assert best_cpu_matmul_flops(42e9, path) == 42e9
+    for broken in ("not json", "[1, 2]", '{"a": "b"}'):
+        (tmp_path / "cache" / "peak.json").write_text(broken)
+        assert best_cpu_matmul_flops(42e9, path) == 42e9
     assert not list((tmp_path / "cache").glob("*.tmp"))

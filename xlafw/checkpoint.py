@@ -230,6 +230,11 @@ class CheckpointManager:
         The optimizer state must exist (``AdamW.init_state``) with its sharding,
         so each host reads only its shards. RNG states are restored too.
         """
+        # As in save: the planner reads device data (shard indices), which fails
+        # while a graph that writes it is still running (seen right after the
+        # trainer's initialization sync, with the loader thread copying batches).
+        torch_xla.sync(wait=True)
+        xm.wait_device_ops()
         path = self.path(step)
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
         with warnings.catch_warnings():

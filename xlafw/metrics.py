@@ -278,10 +278,11 @@ def best_cpu_matmul_flops(measured: float, path: str = CPU_PEAK_FILE) -> float:
     try:
         with open(path) as f:
             known = json.load(f)
-    except (OSError, ValueError):
-        known = {}
-    best = max(measured, float(known.get(key, 0.0)))
-    if best > known.get(key, 0.0):
+        remembered = float(known.get(key, 0.0))
+    except (OSError, ValueError, TypeError, AttributeError):  # unreadable: start afresh
+        known, remembered = {}, 0.0
+    best = max(measured, remembered)
+    if best > remembered:
         known[key] = best
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)

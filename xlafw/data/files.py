@@ -61,7 +61,7 @@ def resolve_one(path: str) -> str:
 
 
 def open_text(path: str):
-    """Opens a resolved path for reading text (UTF-8, universal newlines)."""
+    """Opens a resolved path for reading UTF-8 text (universal newlines for local files)."""
     if "://" in path:
         from etils import epath
 

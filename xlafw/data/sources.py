@@ -107,12 +107,23 @@ class TextFiles:
 
 
 def _paragraphs(f, chunk_chars: int = 1 << 20) -> Iterator[str]:
-    """Splits a text stream on blank lines, reading it a chunk at a time."""
-    rest = ""
+    """``f.read().split("\\n\\n")``, reading a chunk at a time, in linear time.
+
+    Only the new chunk is split (a file without blank lines would otherwise be
+    re-split whole at every chunk); a trailing newline is carried over so a
+    blank line across the chunk boundary still separates.
+    """
+    pending: list[str] = []  # the paragraph read so far, without its trailing newline
+    carry = ""
     while chunk := f.read(chunk_chars):
-        *done, rest = (rest + chunk + f.readline()).split("\n\n")
-        yield from done
-    yield rest
+        *done, last = (carry + chunk + f.readline()).split("\n\n")
+        if done:
+            done[0] = "".join(pending) + done[0]
+            yield from done
+            pending = []
+        carry = "\n" if last.endswith("\n") else ""
+        pending.append(last[: len(last) - len(carry)])
+    yield "".join(pending) + carry
 
 
 def buffer_shuffle(items: Iterator[str], size: int, rng: random.Random) -> Iterator[str]:
