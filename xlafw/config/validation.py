@@ -315,6 +315,22 @@ def _memory_checks(cfg: fdl.Config, model: torch.nn.Module, devices: Devices) ->
         )
 
 
+def _host_init_checks(cfg: fdl.Config, model: torch.nn.Module) -> Iterator[str]:
+    """``trainer.init_on=host`` builds the whole model in host memory first."""
+    if cfg.trainer.init_on != "host":
+        return
+    itemsize = 2 if cfg.trainer.dtype == "bfloat16" else 4
+    needed = sum(p.numel() for p in model.parameters()) * itemsize
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        yield (
+            f"trainer.init_on=host: initializing the model on the host needs "
+            f"{human_bytes(needed)} of host memory, but this host has {human_bytes(available)}. "
+            "Fix: --fdl_set=trainer.init_on=auto (large models initialize on the devices, "
+            "sharded)."
+        )
+
+
 def validate(
     cfg: fdl.Config,
     num_devices: int | None = None,
@@ -352,7 +368,7 @@ def validate(
         _kernel_checks(cfg, target, purpose),
     ]
     if purpose == "train":
-        checks.append(_memory_checks(cfg, model, devices))
+        checks += [_memory_checks(cfg, model, devices), _host_init_checks(cfg, model)]
     for check in checks:
         problems.extend(check)
     if problems:
