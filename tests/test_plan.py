@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import pytest
 
+from tests.conftest import ROOT
 from xlafw.config import ConfigError, build_config, validate
 from xlafw.config.hardware import GiB, resolve_devices, tpu_target
 from xlafw.config.plan import make_plan, meta_model
@@ -103,3 +108,51 @@ def test_host_initialization_that_cannot_fit_host_memory_is_refused():
     )
     validate(build_config("llama_8b"), target="v5p-256")  # auto: on the devices
     validate(build_config("llama_tiny", sets=["trainer.init_on=host"]))
+
+
+@pytest.mark.parametrize(
+    "name, num_devices", [("llama_tiny", 1), ("llama_tiny_smoke", 1), ("llama_tiny_spmd", 8)]
+)
+def test_cpu_experiments_pass_validation_with_the_memory_check(name, num_devices):
+    validate(build_config(name), num_devices=num_devices)
+
+
+def _run_main_without_torch_xla(*args: str) -> subprocess.CompletedProcess:
+    """Runs xlafw.main in a fresh interpreter and fails if torch_xla got imported."""
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['xlafw.main', *{list(args)!r}]\n"
+        "try:\n"
+        "    runpy.run_module('xlafw.main', run_name='__main__')\n"
+        "finally:\n"
+        "    assert 'torch_xla' not in sys.modules, 'torch_xla was imported'\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_dry_run_cli_prints_the_plan_fast_without_torch_xla():
+    start = time.monotonic()
+    proc = _run_main_without_torch_xla("--fdl_config=experiments.llama_8b", "--dry_run")
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - start < 20  # typically ~4 s on 2 shared cores
+    assert "8,030,261,248" in proc.stdout
+    for section in ("memory per device", "FLOPs per step", "model.layers.*.mlp.up_proj.weight x32"):
+        assert section in proc.stdout
+    assert "torch_xla was imported" not in proc.stderr
+
+
+def test_dry_run_of_a_mesh_larger_than_this_machine_plans_for_the_fewest_devices():
+    proc = _run_main_without_torch_xla("--fdl_config=llama_405b", "--dry_run")
+    assert proc.returncode == 0, proc.stderr
+    assert "405,853,388,800" in proc.stdout and "the fewest this mesh takes" in proc.stdout
+
+
+def test_cli_refuses_llama_8b_on_this_machine_before_xla(xlafw_cli):
+    start = time.monotonic()
+    proc = xlafw_cli("--fdl_config=experiments.llama_8b")
+    assert proc.returncode == 2
+    assert time.monotonic() - start < 20
+    assert "--dry_run" in proc.stderr and "llama_tiny" in proc.stderr
+    assert "Traceback" not in proc.stderr
