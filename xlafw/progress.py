@@ -101,16 +101,6 @@ class Progress:
         self.logger.info(self.line(now, final))
 
 
-def track(
-    items: Iterable[T], description: str, total: float | None = None, unit: str = "items", **kw
-) -> Iterator[T]:
-    """Yields ``items``, reporting one unit of progress per item."""
-    with Progress(description, total, unit, **kw) as progress:
-        for item in items:
-            yield item
-            progress.update()
-
-
 def skip(items: Iterable[T], count: int, description: str, unit: str = "items") -> Iterator[T]:
     """Consumes the first ``count`` of ``items`` (with progress); returns the rest."""
     rest = iter(items)
