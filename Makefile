@@ -14,6 +14,10 @@ PINS_HASH := $(shell cat requirements.txt requirements-nodeps.txt | sha256sum | 
 VENV := $(XLAFW_CACHE)/venv-$(PINS_HASH)
 PY := $(VENV)/bin/python
 READY := $(VENV)/.ready
+# xpk (the GKE launcher) in an environment of its own: its pins clash with ours.
+XPK_HASH := $(shell cat requirements-xpk.txt | sha256sum | cut -c1-12)
+XPK_VENV := $(XLAFW_CACHE)/xpk-$(XPK_HASH)
+XPK_READY := $(XPK_VENV)/.ready
 
 # Arguments passed through to xlafw.main / pytest, e.g.
 #   make train ARGS='--fdl_set=trainer.max_steps=50'
@@ -24,8 +28,10 @@ export PJRT_DEVICE ?= CPU
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
+# xlafw.launch runs this xpk (else the one on PATH).
+export XLAFW_XPK ?= $(XPK_VENV)/bin/xpk
 
-.PHONY: help env python-path train test lint format golden bench
+.PHONY: help env python-path train test lint format golden image
 
 help:
 	@echo "make train        train the default experiment (llama_tiny, XLA CPU)"
@@ -50,7 +56,16 @@ $(READY):
 	  $(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt; \
 	  touch $(READY)'
 
-env: $(READY)
+$(XPK_READY):
+	@mkdir -p $(XLAFW_CACHE)
+	flock $(XLAFW_CACHE)/.lock-xpk bash -euo pipefail -c '\
+	  if [ -f $(XPK_READY) ]; then exit 0; fi; \
+	  rm -rf $(XPK_VENV); \
+	  $(BASE_PYTHON) -m venv $(XPK_VENV); \
+	  $(XPK_VENV)/bin/python -m pip install --quiet -r requirements-xpk.txt; \
+	  touch $(XPK_READY)'
+
+env: $(READY) $(XPK_READY)
 
 python-path: $(READY)
 	@echo $(PY)
@@ -58,7 +73,7 @@ python-path: $(READY)
 train: $(READY)
 	$(PY) -m xlafw.main --fdl_config=experiments.llama_tiny $(ARGS)
 
-test: $(READY)
+test: $(READY) $(XPK_READY)
 	$(PY) -m pytest $(ARGS)
 
 lint: $(READY)
@@ -71,6 +86,3 @@ format: $(READY)
 
 golden: $(READY)
 	$(PY) -m xlafw.config.golden --write
-
-bench: $(READY)
-	$(PY) benchmarks/run_all.py $(ARGS)
