@@ -119,12 +119,17 @@ class Checkpointing:
       keep_every: also keep every checkpoint whose step is a multiple of this,
         forever; 0 keeps none beyond ``keep_last``.
       directory: where checkpoints go; ``{run_dir}`` is the run directory.
-        ``gs://`` works where etils' GCS backend is installed.
+        A ``gs://`` URL (any fsspec URL) works: the run directory of a pod.
       resume: ``auto`` continues from the newest checkpoint in ``directory``;
         ``never`` refuses to start if one exists (never overwrites a run).
       allow_config_change: resume even when the config differs from the one
         saved with the checkpoint beyond the fields in
         ``xlafw.checkpoint.RESUMABLE_CHANGES`` (the diff is logged).
+      async_save: write checkpoints in a background thread; the step loop
+        waits only for the copy of the state to host memory. None chooses:
+        on for TPU (a large model's write takes minutes), off on the CPU
+        backend (the host copy would double the memory the run already uses
+        there). Preemption, the last step and a NaN stop wait for it.
     """
 
     every_steps: int = 0
@@ -133,6 +138,7 @@ class Checkpointing:
     directory: str = "{run_dir}/checkpoints"
     resume: Literal["auto", "never"] = "auto"
     allow_config_change: bool = False
+    async_save: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True)

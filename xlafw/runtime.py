@@ -76,7 +76,25 @@ def start(spmd: bool, compile_cache_dir: str | None = None) -> RuntimeInfo:
         info.process_count,
         spmd,
     )
+    if info.process_count > 1:
+        _start_process_group()
     return info
+
+
+def _start_process_group() -> None:
+    """A gloo process group over the hosts, for checkpoint coordination.
+
+    The XLA runtime already knows every host's index and count; ``xla://``
+    reuses them, so no address or rank is configured twice. DCP gathers its
+    save plan and writes one ``.metadata`` through this group, and the
+    checkpoint commit waits at its barriers.
+    """
+    import torch.distributed as dist
+    import torch_xla.distributed.xla_backend  # noqa: F401 - registers the xla:// init method
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", init_method="xla://")
+        log.info("process group: gloo over %d hosts", dist.get_world_size())
 
 
 def tpu_generation() -> str | None:

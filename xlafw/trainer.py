@@ -35,6 +35,7 @@ import torch
 from fiddle import printing
 from fiddle.experimental import serialization
 
+from xlafw import storage
 from xlafw.config import config_hash, validate, write_run_files
 from xlafw.config.plan import flops_per_token, parameter_group
 from xlafw.experiment import Experiment
@@ -83,6 +84,14 @@ class TrainingStopped(RuntimeError):
     """Training stopped on a fault (NaN loss); the newest good checkpoint is kept."""
 
 
+class NonFiniteLoss(TrainingStopped):
+    """The loss became NaN or infinite; retrying the same run would diverge again."""
+
+
+class Preempted(RuntimeError):
+    """SIGTERM/SIGINT stopped the run after a committed checkpoint; a rerun resumes."""
+
+
 class RunRefused(RuntimeError):
     """The run cannot start (unwritable checkpoints, config drift); nothing was trained."""
 
@@ -103,6 +112,7 @@ class Trainer:
         self.run_dir = experiment.run_dir
         self.settings = experiment.trainer
         self.start_step = 0
+        self.preempted_at: int | None = None
         self._stop_signal: int | None = None
 
     def setup(self) -> None:
@@ -110,7 +120,7 @@ class Trainer:
         import torch_xla
 
         from xlafw import runtime
-        from xlafw.checkpoint import CheckpointManager
+        from xlafw.checkpoint import CheckpointManager, Hosts
         from xlafw.data.device_loader import DeviceLoader
         from xlafw.parallel import apply as parallel_apply
 
@@ -170,17 +180,24 @@ class Trainer:
         parallel_apply.shard_optimizer_state(self.optimizer, self.model, exp, self.rt)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
 
+        async_save = exp.checkpoint.async_save
+        if async_save is None:
+            async_save = self.rt.device_type != "CPU"
         self.checkpoints = CheckpointManager(
-            exp.checkpoint, exp.checkpoint_dir, self.rt.process_index
+            exp.checkpoint,
+            exp.checkpoint_dir,
+            Hosts.from_process_group(),
+            xla_device=self.rt.device,
+            async_save=async_save,
         )
-        self.checkpoints.remove_incomplete()
         state_bytes = sum(3 * p.numel() * p.element_size() for p in self.params)
         self.checkpoints.preflight(state_bytes // self.rt.process_count)
         resume_step = self.checkpoints.resume_point(self.config, self.config_hash)
 
         self.data = exp.data(host=sharded.data_shard)
         if resume_step is not None:
-            data_position = self.checkpoints.data_position(resume_step)
+            host_state = self.checkpoints.host_state(resume_step)
+            data_position = host_state.data_position
             self.data.restore(data_position, batches=resume_step)
         # The loader's thread starts now: the first batches are read, tokenized and
         # copied while the initialization graph below (if any) runs and step 1 traces.
@@ -189,7 +206,11 @@ class Trainer:
         if resume_step is None:
             resumed = f"no checkpoint in {self.checkpoints.directory}: starting at step 1"
         else:
-            self.checkpoints.restore(resume_step, self.model, self.optimizer)
+            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+            self.checkpoints.restore_state(resume_step, state)
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.checkpoints.restore_rng(host_state)
             # Materialize the loaded values, so the first step runs the same graph
             # as every other (and as the uninterrupted run: bit-identical losses).
             torch_xla.sync()
@@ -251,14 +272,18 @@ class Trainer:
         self._stop_signal = signum
 
     def _save(self, step: int) -> None:
-        self.checkpoints.save(
+        trainer_state = {"step": step, "config_hash": self.config_hash}
+        shared_files = {
+            "trainer_state.json": json.dumps(trainer_state, indent=2),
+            "config.json": self.config_json,
+        }
+        timing = self.checkpoints.save(
             step,
-            self.model,
-            self.optimizer,
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()},
             self.data.position_after(step),
-            self.config_json,
-            self.config_hash,
+            shared_files,
         )
+        log.info("checkpoint step %d: step loop held %.2f s", step, timing.blocked_s)
 
     def train(self) -> list[StepMetrics]:
         """Stage 13: the step loop. Returns the logged metrics.
@@ -268,7 +293,9 @@ class Trainer:
         a logged step, so its loss was checked to be finite before it is saved.
 
         Raises:
-          TrainingStopped: on a NaN or infinite loss.
+          NonFiniteLoss: on a NaN or infinite loss.
+          TrainingStopped: on a recompilation after warm-up with
+            ``metrics.on_recompile=error``.
         """
         import torch_xla
         import torch_xla.core.xla_model as xm
@@ -338,8 +365,9 @@ class Trainer:
                     if stopping and not log_now:
                         logger.on_step(step, aux)  # the step ran: a plain read, no graph
                 except FloatingPointError as e:
+                    self.checkpoints.wait()  # a save in flight is of an earlier, finite step
                     newest = self.checkpoints.steps()
-                    raise TrainingStopped(
+                    raise NonFiniteLoss(
                         f"{e} The newest good checkpoint is "
                         f"{self.checkpoints.path(newest[-1]) if newest else 'none'}."
                     ) from None
@@ -355,11 +383,14 @@ class Trainer:
                 if scheduled_save or stopping:
                     self._save(step)
                 if stopping:
+                    self.checkpoints.wait()
                     log.warning("stopped after step %d on a signal; rerun to resume", step)
+                    self.preempted_at = step
                     break
             xm.wait_device_ops()
         finally:
             batches.close()
+            self.checkpoints.close()  # the last save in flight is committed before we return
             for s, handler in previous.items():
                 signal.signal(s, handler)
             for sink in sinks:
@@ -383,7 +414,14 @@ class Trainer:
 
 
 def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
-    """Runs the full startup sequence and training for an overridden config."""
+    """Runs the full startup sequence and training for an overridden config.
+
+    Raises:
+      RunRefused: before the first step (unwritable or damaged checkpoints,
+        config drift); nothing was trained.
+      TrainingStopped: a fault stopped training (``NonFiniteLoss`` for a NaN).
+      Preempted: a signal stopped training after a committed checkpoint.
+    """
     setup_logging()
     stage(1, "logging set up")
     validate(cfg)
@@ -409,6 +447,10 @@ def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
         "compile_seconds": runtime.compile_seconds(),
         "final": dataclasses.asdict(history[-1]) if history else None,
     }
-    with open(os.path.join(run_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    storage.write_text(storage.path(run_dir) / "summary.json", json.dumps(summary, indent=2))
+    if trainer.preempted_at is not None:
+        raise Preempted(
+            f"stopped by a signal after step {trainer.preempted_at}, with its checkpoint "
+            f"committed; rerun the same command to resume."
+        )
     return history
