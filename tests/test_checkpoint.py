@@ -10,7 +10,10 @@ import sys
 import textwrap
 import time
 
+import pytest
 from conftest import ROOT, SMALL_MODEL
+
+from xlafw.exit_codes import ExitCode
 
 BASE = (
     "--fdl_config=llama_tiny_smoke",
@@ -37,40 +40,62 @@ def _run(args):
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_sigkill_during_a_checkpoint_write_then_resume_is_bit_identical(tmp_path):
-    straight = tmp_path / "straight"
-    assert _run(_cmd(straight, "--fdl.trainer.max_steps=30")).returncode == 0
-    expected = {r["step"]: r["loss"] for r in _metrics(straight)}
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """30 uninterrupted steps with synchronous checkpoints: the losses to reproduce."""
+    run_dir = tmp_path_factory.mktemp("straight")
+    proc = _run(_cmd(run_dir, "--fdl.trainer.max_steps=30"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {r["step"]: r["loss"] for r in _metrics(run_dir)}
 
+
+def test_sigkill_during_an_async_checkpoint_write_then_resume_is_bit_identical(
+    tmp_path, straight_run
+):
+    # Async saves write in a background thread while later steps run; the
+    # losses must still equal the synchronous run's, before and after the kill.
+    args = ("--fdl.trainer.max_steps=30", "--fdl.checkpoint.async_save=true")
     killed = tmp_path / "killed"
     proc = subprocess.Popen(
-        _cmd(killed, "--fdl.trainer.max_steps=30"),
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        _cmd(killed, *args), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    partial = killed / "checkpoints" / ".step_00000012.tmp"
+    partial = killed / "checkpoints" / "step_00000012"
     deadline = time.monotonic() + 300
     while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert partial.exists(), "the kill did not land during the step-12 write"
+    assert partial.exists() and not (partial / "COMMITTED").exists(), (
+        "the kill did not land during the step-12 write"
+    )
     assert _committed(killed) == [4, 8]  # the newest valid checkpoint is untouched
+    before = [r for r in _metrics(killed) if r["step"] <= 8]
+    assert all(r["loss"] == straight_run[r["step"]] for r in before)
 
-    resumed = _run(_cmd(killed, "--fdl.trainer.max_steps=30"))
+    resumed = _run(_cmd(killed, *args))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout and "step_00000008" in resumed.stdout
-    assert not partial.exists()
+    assert "removing uncommitted checkpoint" in resumed.stdout
+    assert _committed(killed) == [28, 30]
     after = [r for r in _metrics(killed) if r["step"] > 8][-22:]
     assert [r["step"] for r in after] == list(range(9, 31))
-    assert all(r["loss"] == expected[r["step"]] for r in after), [
-        (r["step"], r["loss"], expected[r["step"]]) for r in after
+    assert all(r["loss"] == straight_run[r["step"]] for r in after), [
+        (r["step"], r["loss"], straight_run[r["step"]]) for r in after
     ]
     assert after[-1]["compiles"] == after[1]["compiles"]  # no recompilation after resume
 
 
-def test_sigterm_checkpoints_the_next_step_and_exits_0(tmp_path):
+def test_a_truncated_shard_makes_the_run_resume_from_the_previous_checkpoint(tmp_path):
+    assert _run(_cmd(tmp_path, "--fdl.trainer.max_steps=8")).returncode == 0
+    shard = tmp_path / "checkpoints" / "step_00000008" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    resumed = _run(_cmd(tmp_path, "--fdl.trainer.max_steps=10"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "step_00000008 is damaged (__0_0.distcp has 1000 bytes" in resumed.stdout
+    assert "resumed from" in resumed.stdout and "step_00000004 (step 4" in resumed.stdout
+
+
+def test_sigterm_checkpoints_the_next_step_and_exits_with_the_restart_code(tmp_path):
     proc = subprocess.Popen(
         _cmd(tmp_path, "--fdl.trainer.max_steps=200", "--fdl.checkpoint.every_steps=0"),
         cwd=ROOT,
@@ -85,11 +110,17 @@ def test_sigterm_checkpoints_the_next_step_and_exits_0(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == ExitCode.PREEMPTED == 42, out[-3000:]
     last_logged = _metrics(tmp_path)[-1]["step"]
     assert 6 <= last_logged < 200
     assert _committed(tmp_path) == [last_logged]
     assert "stopped after step" in out
+
+    finished = _run(_cmd(tmp_path, f"--fdl.trainer.max_steps={last_logged + 2}"))
+    assert finished.returncode == ExitCode.OK, finished.stderr[-3000:]
+    assert f"step_{last_logged:08d}" in finished.stdout  # resumed from the preemption checkpoint
+    again = _run(_cmd(tmp_path, f"--fdl.trainer.max_steps={last_logged + 2}"))
+    assert again.returncode == ExitCode.OK and "nothing to train" in again.stdout
 
 
 def test_resume_refuses_a_changed_config_and_names_the_field(tmp_path):
@@ -122,7 +153,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_good_checkpoints(tmp_p
             "--fdl.trainer.max_grad_norm=None",
         )
     )
-    assert proc.returncode != 0
+    assert proc.returncode == ExitCode.NON_FINITE_LOSS  # a restart would diverge again
     assert (
         "loss is nan at step" in proc.stderr.lower() or "loss is inf at step" in proc.stderr.lower()
     )

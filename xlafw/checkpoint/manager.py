@@ -31,6 +31,7 @@ import dataclasses
 import json
 import logging
 import os
+import pickle
 import shutil
 import time
 import warnings
@@ -42,6 +43,7 @@ import torch
 import torch.distributed.checkpoint as dist_cp
 from etils import epath
 from fiddle.experimental import serialization
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.utils import _pytree
 
 from xlafw import storage
@@ -312,7 +314,7 @@ class CheckpointManager:
             return
         try:
             pending.result()
-        except Exception as e:
+        except (Exception, CheckpointException) as e:  # DCP's is a BaseException
             raise CheckpointError(f"a background checkpoint save failed: {e}") from e
 
     def close(self) -> None:
@@ -418,17 +420,20 @@ class CheckpointManager:
         else:
             planner = safe_load.SafeDefaultLoadPlanner()
         path = str(self.path(step))
+        storage_reader = safe_load.reader(path)
         try:
-            dist_cp.load(state, storage_reader=safe_load.reader(path), planner=planner)
+            # Read first on its own: DCP swallows a reader's error into "no metadata".
+            storage_reader.read_metadata()
+            dist_cp.load(state, storage_reader=storage_reader, planner=planner)
         except safe_load.UnsafeCheckpointError as e:
-            raise CheckpointError(f"refusing to load {path}: {e}") from None
-        except Exception as e:
-            if isinstance(e.__cause__, safe_load.UnsafeCheckpointError) or "weights_only" in str(e):
-                raise CheckpointError(
-                    f"refusing to load {path}: it holds objects that are not tensors or plain "
-                    f"values ({type(e).__name__}). Fix: resume only from checkpoints xlafw wrote."
-                ) from None
-            raise
+            raise CheckpointError(
+                f"refusing to load {path}: {e}. Fix: resume only from checkpoints xlafw wrote."
+            ) from None
+        except (CheckpointException, pickle.UnpicklingError, EOFError, OSError) as e:
+            raise CheckpointError(
+                f"cannot load {path}: {_first_failure(e)}. Fix: delete that step directory to "
+                f"resume from an older checkpoint, or use another trainer.run_dir."
+            ) from None
 
     def host_state(self, step: int) -> HostState:
         """This host's data position and RNG states saved with checkpoint ``step``.
@@ -452,6 +457,14 @@ class CheckpointManager:
     def restore_rng(self, host: HostState) -> None:
         """Sets this process's RNG states (XLA's too, if it has a device) from ``host``."""
         restore_rng(host.rng, self.xla_device)
+
+
+def _first_failure(error: Exception) -> str:
+    """One line naming what went wrong, from DCP's per-rank exception wrapper."""
+    if isinstance(error, CheckpointException) and error.failures:
+        error, _ = next(iter(error.failures.values()))
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line[:300]}"
 
 
 def _fsync_directory(path: epath.Path) -> None:
