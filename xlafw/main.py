@@ -10,6 +10,7 @@ Flags (Fiddle's own, plus xlafw's):
   --explain=PATH              print every write to one field and where it came from, then exit
   --dry_run                   print parameters, memory per device, FLOPs and sharding, then exit
   --target=v5p-256            check and plan for a TPU slice instead of this machine
+  --num_slices=N              with --target: N such slices joined by the data-center network
   --num_devices=N             check and plan for N devices
   --sweep=PATH=[V1,V2]        one trial per value (repeatable: a grid); needs --sweep_dir
   --sweep_dir=DIR             where --sweep writes DIR/trial_NNN/config.json, then exit
@@ -50,6 +51,9 @@ _DRY_RUN = flags.DEFINE_bool(
 )
 _TARGET = flags.DEFINE_string(
     "target", None, "Validate and plan for a TPU slice: v4-N, v5e-N (v5litepod-N), v5p-N, v6e-N."
+)
+_NUM_SLICES = flags.DEFINE_integer(
+    "num_slices", 1, "With --target: validate and plan for this many slices of that type."
 )
 _NUM_DEVICES = flags.DEFINE_integer(
     "num_devices", None, "Validate and plan for this many devices instead of the detected ones."
@@ -103,7 +107,9 @@ def _sweep() -> None:
         _SWEEP.value,
         _SWEEP_DIR.value,
         make_trial_config=_trial_config,
-        validate=lambda cfg: validate(cfg, _NUM_DEVICES.value, target=_TARGET.value),
+        validate=lambda cfg: validate(
+            cfg, _NUM_DEVICES.value, target=_TARGET.value, num_slices=_NUM_SLICES.value
+        ),
     )
     print(f"{len(trials)} trials in {_SWEEP_DIR.value} (nothing was run):")
     for trial in trials:
@@ -112,11 +118,11 @@ def _sweep() -> None:
 
 
 def _dry_run(cfg: fdl.Config) -> None:
-    devices = resolve_devices(_NUM_DEVICES.value, _TARGET.value)
+    devices = resolve_devices(_NUM_DEVICES.value, _TARGET.value, _NUM_SLICES.value)
     if _NUM_DEVICES.value is None and not _TARGET.value:
         devices = devices_for_dry_run(cfg, devices)
     # A dry run reports the memory estimate instead of refusing to run.
-    validate(cfg, devices.count, target=_TARGET.value, purpose="plan")
+    validate(cfg, devices.count, target=_TARGET.value, num_slices=_NUM_SLICES.value, purpose="plan")
     print(format_plan(make_plan(cfg, devices)))
 
 
@@ -142,7 +148,7 @@ def _config_to_train() -> fdl.Config | None:
     if _DRY_RUN.value:
         _dry_run(cfg)
         return None
-    validate(cfg, _NUM_DEVICES.value, target=_TARGET.value)
+    validate(cfg, _NUM_DEVICES.value, target=_TARGET.value, num_slices=_NUM_SLICES.value)
     _check_declared_devices_for_training()
     return cfg
 

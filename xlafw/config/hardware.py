@@ -3,8 +3,9 @@
 Nothing here starts an XLA runtime. A TPU slice is named the way Cloud TPU
 names it (``v5p-256``); the number counts TensorCores on v4 and v5p (two per
 chip) and chips on v5e and v6e. xlafw shards over chips, so ``v5p-256`` is
-128 devices. On XLA's CPU backend the devices are ``CPU_NUM_DEVICES`` virtual
-devices sharing this machine's available memory.
+128 devices. Several slices (``num_slices``, joined by the data-center
+network) multiply the chips. On XLA's CPU backend the devices are
+``CPU_NUM_DEVICES`` virtual devices sharing this machine's available memory.
 """
 
 from __future__ import annotations
@@ -90,11 +91,12 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def tpu_target(name: str) -> Devices:
-    """The devices of a TPU slice named like ``v5p-256`` or ``v6e-64``.
+def tpu_target(name: str, num_slices: int = 1) -> Devices:
+    """The devices of ``num_slices`` TPU slices named like ``v5p-256`` or ``v6e-64``.
 
     Raises:
-      ConfigError: for an unknown generation or a size that is not whole chips.
+      ConfigError: for an unknown generation, a size that is not whole chips,
+        or fewer than one slice.
     """
     match = _TARGET.match(name.strip().lower())
     generation = match.group(1) if match else name
@@ -110,21 +112,27 @@ def tpu_target(name: str) -> Devices:
             f"--target={name}: {generation} sizes count TensorCores, {tpu.cores_per_chip} "
             f"per chip, so the size must be a positive multiple of {tpu.cores_per_chip}."
         )
-    chips = size // tpu.cores_per_chip
+    if num_slices < 1:
+        raise ConfigError(f"--num_slices={num_slices}: must be >= 1.")
+    chips = size // tpu.cores_per_chip * num_slices
+    slices = f"{num_slices} x {name}" if num_slices > 1 else name
     return Devices(
-        description=f"{name} ({chips} chips, {tpu.hbm_bytes / GiB:.0f} GiB HBM each)",
+        description=f"{slices} ({chips} chips, {tpu.hbm_bytes / GiB:.0f} GiB HBM each)",
         count=chips,
         memory_bytes=tpu.hbm_bytes,
         peak_flops=tpu.peak_bf16_flops,
     )
 
 
-def resolve_devices(num_devices: int | None = None, target: str | None = None) -> Devices:
+def resolve_devices(
+    num_devices: int | None = None, target: str | None = None, num_slices: int = 1
+) -> Devices:
     """The devices to check against: a declared target, a count, or this machine.
 
     Args:
       num_devices: a declared device count (``--num_devices``); None to detect.
       target: a TPU slice name (``--target``); wins over detection.
+      num_slices: how many ``target`` slices (``--num_slices``).
 
     Returns:
       The devices, with their memory when it is known: the TPU type's HBM,
@@ -135,13 +143,17 @@ def resolve_devices(num_devices: int | None = None, target: str | None = None) -
       ConfigError: for a bad target, or a count that contradicts the target.
     """
     if target:
-        devices = tpu_target(target)
+        devices = tpu_target(target, num_slices)
         if num_devices is not None and num_devices != devices.count:
             raise ConfigError(
-                f"--num_devices={num_devices} contradicts --target={target}, which has "
-                f"{devices.count} chips. Fix: pass only one of them."
+                f"--num_devices={num_devices} contradicts --target={target}: "
+                f"{devices.description}. Fix: pass only one of them."
             )
         return devices
+    if num_slices != 1:
+        raise ConfigError(
+            f"--num_slices={num_slices} needs --target=SLICE (the type of each slice)."
+        )
     count = num_devices if num_devices is not None else detected_device_count()
     if backend() != "CPU":
         return Devices(description=f"{backend()} devices", count=count)

@@ -125,8 +125,12 @@ def _hf_checkpoint_checks(cfg: fdl.Config, directory: str) -> Iterator[str]:
     from xlafw.models.hf_config import (  # imports no torch_xla
         ARCHITECTURE_FIELDS,
         hf_config_to_llama_config,
+        remote_checkpoint_problem,
     )
 
+    if problem := remote_checkpoint_problem(directory):
+        yield f"trainer.init_from_hf={problem}"
+        return
     config_file = os.path.join(directory, "config.json")
     if not os.path.isfile(config_file):
         yield (
@@ -150,7 +154,7 @@ def _hf_checkpoint_checks(cfg: fdl.Config, directory: str) -> Iterator[str]:
             )
 
 
-def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
+def _mesh_checks(cfg: fdl.Config, num_devices: int | None, on_tpu: bool) -> Iterator[str]:
     if num_devices is None:
         return
     mesh: Mesh = fdl.build(cfg.mesh)
@@ -159,7 +163,7 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
     except MeshError as e:
         hint = (
             " On XLA's CPU backend, set CPU_NUM_DEVICES to the device count you want."
-            if backend() == "CPU"
+            if not on_tpu
             else ""
         )
         yield f"mesh: {e}{hint}"
@@ -170,10 +174,30 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None) -> Iterator[str]:
             f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by the "
             f"data-parallel ways (data x fsdp = {batch_ways}). Fix: use a multiple of {batch_ways}."
         )
-    if math.prod(mesh.dcn.as_tuple()) > 1 and backend() == "CPU":
+    if math.prod(mesh.dcn.as_tuple()) > 1 and not on_tpu:
         yield (
             f"mesh.dcn={mesh.dcn.as_tuple()} spans several slices, which needs a multi-slice "
             f"TPU (xs.HybridMesh reads the TPU topology). Fix: on CPU keep every DCN axis at 1."
+        )
+
+
+def _slice_checks(cfg: fdl.Config, target: str | None, num_slices: int) -> Iterator[str]:
+    """DCN axes against the declared slices: ``xs.HybridMesh`` needs one DCN index per slice.
+
+    A DCN product of 1 on several slices is a flat mesh over all their chips
+    (valid, but its ICI axes then cross the data-center network); the launcher
+    says so. Without ``--target`` the slice count is unknown until the runtime
+    starts, so nothing is checked.
+    """
+    if target is None:
+        return
+    sizes = fdl.build(cfg.mesh).dcn.as_tuple()
+    dcn = math.prod(sizes)
+    if dcn not in (1, num_slices):
+        yield (
+            f"mesh.dcn={sizes} spans {dcn} slices but "
+            f"--num_slices={num_slices}. Fix: make the DCN axes multiply to {num_slices} "
+            f"(--fdl_set=mesh.dcn.data={num_slices}), or launch --num_slices={dcn}."
         )
 
 
@@ -336,6 +360,7 @@ def validate(
     num_devices: int | None = None,
     *,
     target: str | None = None,
+    num_slices: int = 1,
     purpose: Literal["train", "plan"] = "train",
 ) -> None:
     """Raises ``ConfigError`` listing every problem in ``cfg``.
@@ -346,6 +371,8 @@ def validate(
         environment implies (and skips the mesh check where none is implied).
       target: a TPU slice name (``v5p-256``) to check against instead of this
         machine; it sets the device count and the memory per device.
+      num_slices: how many ``target`` slices; the mesh covers all their chips
+        and its DCN axes multiply to the slice count (or are all 1).
       purpose: ``train`` checks everything, including that the config fits the
         device memory and that this backend can run what it asks for (kernels,
         host offload). ``plan`` (``--dry_run``) skips those two: a plan reports
@@ -357,12 +384,13 @@ def validate(
     problems = list(_missing_required(cfg))
     if problems:  # later checks read required fields
         raise ConfigError(problems)
-    devices = resolve_devices(num_devices, target)
+    devices = resolve_devices(num_devices, target, num_slices)
     model = meta_model(cfg)
     checks = [
         _trainer_checks(cfg),
         _model_checks(cfg),
-        _mesh_checks(cfg, devices.count),
+        _mesh_checks(cfg, devices.count, _on_tpu(target, purpose)),
+        _slice_checks(cfg, target, num_slices),
         _model_tree_checks(cfg, model, devices.count),
         _remat_checks(cfg, model, target, purpose),
         _kernel_checks(cfg, target, purpose),
