@@ -12,6 +12,7 @@ Flags (Fiddle's own, plus xlafw's):
   --target=v5p-256            check and plan for a TPU slice instead of this machine
   --num_slices=N              with --target: N such slices joined by the data-center network
   --num_devices=N             check and plan for N devices
+  --expect_config_hash=HASH   refuse to run unless the config hashes to HASH (set by xlafw.launch)
   --sweep=PATH=[V1,V2]        one trial per value (repeatable: a grid); needs --sweep_dir
   --sweep_dir=DIR             where --sweep writes DIR/trial_NNN/config.json, then exit
 
@@ -57,6 +58,12 @@ _NUM_SLICES = flags.DEFINE_integer(
 )
 _NUM_DEVICES = flags.DEFINE_integer(
     "num_devices", None, "Validate and plan for this many devices instead of the detected ones."
+)
+_EXPECT_HASH = flags.DEFINE_string(
+    "expect_config_hash",
+    None,
+    "Exit 2 unless the built config's hash (see --print_config) is this one. "
+    "xlafw.launch sets it so that every host of a pod runs the same config.",
 )
 _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "PATH=[V1,V2,...]: one trial per value; repeat for a grid. Needs --sweep_dir."
@@ -126,6 +133,21 @@ def _dry_run(cfg: fdl.Config) -> None:
     print(format_plan(make_plan(cfg, devices)))
 
 
+def _check_expected_hash(cfg: fdl.Config) -> None:
+    """Refuses a config other than the one the launcher wrote (``--expect_config_hash``)."""
+    expected = _EXPECT_HASH.value
+    if expected is None:
+        return
+    actual = config_hash(cfg)
+    if actual != expected.strip().lower():
+        raise ConfigError(
+            f"--expect_config_hash={expected}: the config built from these flags hashes to "
+            f"{actual}, so this host would run another config than the launch wrote. Fix: "
+            f"launch again with python -m xlafw.launch (it writes config.json and passes its "
+            f"hash together); do not edit a launched run's config.json."
+        )
+
+
 def _config_to_train() -> fdl.Config | None:
     """Handles every flag that exits early; returns the config when training should start.
 
@@ -138,6 +160,7 @@ def _config_to_train() -> fdl.Config | None:
         _sweep()
         return None
     cfg = _build()
+    _check_expected_hash(cfg)
     if _PRINT.value:
         print(printing.as_str_flattened(cfg))
         print(f"# config_hash: {config_hash(cfg)}")
