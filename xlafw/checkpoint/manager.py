@@ -181,8 +181,10 @@ class CheckpointManager:
     def remove_uncommitted(self) -> None:
         """Process 0 deletes what a crash left mid-write; every host then waits.
 
-        Call only at start-up, when no save of this run is in flight.
+        Call only at start-up, when no save of this run is in flight: the first
+        barrier makes sure every host of this run has got that far.
         """
+        self.hosts.barrier()
         if self.hosts.primary:
             for leftover in commit.uncommitted_dirs(self.directory):
                 log.warning("removing uncommitted checkpoint %s (a crash interrupted it)", leftover)
@@ -327,22 +329,22 @@ class CheckpointManager:
                 self._executor = None
 
     def _stage(self, state: dict[str, Any]) -> dict[str, Any]:
-        """The state to write: on the device (synchronous) or copied to the host (async)."""
+        """The state to write, copied to host memory before the next step can change it.
+
+        XLA state is always staged, async or not: one batched transfer of this
+        host's shards (with their global offsets) takes half the time of the
+        SPMD planner's tensor-by-tensor copies (BUILD_NOTES.md, checkpoints).
+        """
         if self.xla_device is not None:
             import torch_xla
             import torch_xla.core.xla_model as xm
-
-            # DCP's planner reads each tensor's device data, which torch_xla
-            # refuses while an execution that writes it is still in flight.
-            torch_xla.sync(wait=True)
-            xm.wait_device_ops()
-            if not self.async_save:
-                return state
             from torch_xla.experimental.distributed_checkpoint._helpers import (
                 _sharded_cpu_state_dict,
             )
 
-            # Each host copies only its own shards (with their global offsets).
+            # Reading device data fails while an execution that writes it is in flight.
+            torch_xla.sync(wait=True)
+            xm.wait_device_ops()
             return _sharded_cpu_state_dict(state)
         if not self.async_save:
             return state
