@@ -86,3 +86,8 @@ format: $(READY)
 
 golden: $(READY)
 	$(PY) -m xlafw.config.golden --write
+
+# The pod image (Dockerfile): make image IMAGE=REGISTRY/xlafw:TAG, then docker push.
+image:
+	@test -n "$(IMAGE)" || { echo "usage: make image IMAGE=REGISTRY/xlafw:TAG"; exit 2; }
+	docker build -t $(IMAGE) .
