@@ -26,6 +26,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from gcs_server import IMPORT_TIME_ENV, running_gcs_server  # the server the tests start
+
 SIZES = {
     # llama_tiny as it trains by default.
     "tiny": [],
@@ -48,14 +51,12 @@ def _store(kind: str):
         with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_DIR")) as directory:
             yield directory
         return
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    from gcs_server import gcs_server  # the server the tests start
-
-    with gcs_server() as server:
-        yield server.new_bucket_url("bench")
+    with running_gcs_server() as server:
+        yield f"{server.new_bucket()}/run"
 
 
 def main() -> None:
+    os.environ.update(IMPORT_TIME_ENV)  # before anything imports gcsfs
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--store", choices=["local", "gcs"], default="local")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import sys
@@ -83,6 +85,46 @@ def test_sigkill_during_an_async_checkpoint_write_then_resume_is_bit_identical(
         (r["step"], r["loss"], straight_run[r["step"]]) for r in after
     ]
     assert after[-1]["compiles"] == after[1]["compiles"]  # no recompilation after resume
+
+
+def test_a_run_in_a_bucket_survives_sigkills_with_bit_identical_losses(
+    gcs_server, gcs_bucket, straight_run
+):
+    run_dir, env = f"{gcs_bucket}/run", {**os.environ, **gcs_server.env}
+    fs, ckpt = gcs_server.filesystem(), f"{gcs_bucket[5:]}/run/checkpoints"
+    args = _cmd(run_dir, "--fdl.trainer.max_steps=30")
+    quiet = {"cwd": ROOT, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+
+    # Killed during the step-12 save: its objects are being written, its marker is not.
+    proc = subprocess.Popen(args, **quiet)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        if fs.exists(f"{ckpt}/step_00000012"):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not fs.exists(f"{ckpt}/step_00000012/COMMITTED")
+    assert fs.exists(f"{ckpt}/step_00000008/COMMITTED")
+
+    # Killed at a random moment of the resumed run (start-up, a step or a save).
+    delay = random.uniform(2.0, 12.0)
+    proc = subprocess.Popen(args, **quiet)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    final = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert final.returncode == 0, f"killed after {delay:.1f} s: {final.stderr[-3000:]}"
+    resumed_at = int(re.search(r"resumed from \S+step_(\d+)", final.stdout).group(1))
+    records = [json.loads(line) for line in fs.cat(f"{run_dir}/metrics.jsonl").splitlines()]
+    after = [r for r in records if r["step"] > resumed_at][-(30 - resumed_at) :]
+    assert [r["step"] for r in after] == list(range(resumed_at + 1, 31))
+    assert all(r["loss"] == straight_run[r["step"]] for r in after), f"killed after {delay:.1f} s"
+    names = {p.rsplit("/", 1)[1] for p in fs.ls(f"{gcs_bucket}/run")}
+    assert {"config.json", "metrics.jsonl", "summary.json", "checkpoints"} <= names
+    assert fs.exists(f"{ckpt}/step_00000030/COMMITTED")
+    assert not (ROOT / "gs:").exists()  # nothing went to a local directory named like the URL
 
 
 def test_a_truncated_shard_makes_the_run_resume_from_the_previous_checkpoint(tmp_path):
