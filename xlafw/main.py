@@ -37,6 +37,7 @@ from xlafw.config.loading import apply_sets
 from xlafw.config.plan import devices_for_dry_run, format_plan, make_plan
 from xlafw.config.provenance import config_hash
 from xlafw.config.sweep import write_sweep
+from xlafw.exit_codes import ExitCode
 
 FLAGS = flags.FLAGS
 _LIST = flags.DEFINE_bool("list", False, "List experiments and fiddlers with descriptions.")
@@ -186,20 +187,25 @@ def main(argv: list[str]) -> int:
         cfg = _config_to_train()
     except ConfigError as e:
         print(e, file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG_ERROR
     if cfg is None:
-        return 0
+        return ExitCode.OK
     from xlafw import trainer  # imports torch_xla: only after the config is known good
 
     try:
         trainer.train(cfg, sys.argv)
     except trainer.RunRefused as e:  # before the first step: nothing was trained
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.CONFIG_ERROR
+    except trainer.Preempted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return ExitCode.PREEMPTED
     except trainer.TrainingStopped as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+        if isinstance(e, trainer.NonFiniteLoss):
+            return ExitCode.NON_FINITE_LOSS
+        return ExitCode.ERROR
+    return ExitCode.OK
 
 
 def run() -> None:
