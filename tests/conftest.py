@@ -50,3 +50,28 @@ def run_xlafw(*args: str, env: dict[str, str] | None = None, timeout: float = 60
 @pytest.fixture
 def xlafw_cli():
     return run_xlafw
+
+
+# A real GCS server on loopback (tests/gcs_server.py). gcsfs and fsspec read these two
+# when imported, so they are set before any test module imports them.
+from gcs_server import IMPORT_TIME_ENV, GcsServer, running_gcs_server  # noqa: E402
+
+for _name, _value in IMPORT_TIME_ENV.items():
+    os.environ.setdefault(_name, _value)
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """fake-gcs-server on 127.0.0.1 for the session: a ``GcsServer`` (``.root``, ``.env``).
+
+    ``gs://`` paths in the test process reach it; pass ``gcs_server.env`` to a
+    subprocess (``run_xlafw(..., env=gcs_server.env)``).
+    """
+    with running_gcs_server() as server:
+        yield server
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server: GcsServer) -> str:
+    """A fresh, empty bucket on the session's server, as ``gs://NAME``."""
+    return gcs_server.new_bucket()

@@ -18,8 +18,11 @@ A test or a local emulator points gcsfs at another endpoint with
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from etils import epath
 
@@ -36,23 +39,60 @@ def is_remote(p: PathLike) -> bool:
     return "://" in os.fspath(p)
 
 
-def write_bytes(p: PathLike, data: bytes) -> None:
-    """Writes ``data`` to ``p`` so readers never see a partial file."""
+@contextlib.contextmanager
+def open_atomic(p: PathLike) -> Iterator[BinaryIO]:
+    """Opens ``p`` for binary writing so readers see the old file or the whole new one.
+
+    For a file written piece by piece (a safetensors shard streamed tensor by
+    tensor). Local: the bytes go to a hidden temporary name beside ``p``, are
+    fsynced and renamed over ``p`` when the block ends. Object store: the
+    upload is committed when the block ends; an exception cancels it, so no
+    object (or the previous one) stays under ``p``.
+
+    Example::
+
+        with storage.open_atomic("gs://bucket/run/model.safetensors") as f:
+            for chunk in chunks:
+                f.write(chunk)
+
+    Args:
+      p: the file to write; its local parent directories are created.
+
+    Yields:
+      A binary file object.
+    """
     target = path(p)
     if is_remote(target):
-        target.write_bytes(data)
+        f = target.open("wb")
+        try:
+            yield f
+        except BaseException:
+            # Closing the file, here or when it is garbage collected, would commit
+            # what was written so far: mark it closed, then cancel the upload
+            # session a file larger than one block has already opened.
+            f.closed = True
+            with contextlib.suppress(Exception):
+                f.discard()
+            raise
+        f.close()
         return
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.parent / f".{target.name}.{uuid.uuid4().hex[:8]}.partial"
     try:
         with open(partial, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, target)
     finally:
         if partial.exists():
             partial.unlink()
+
+
+def write_bytes(p: PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``p`` so readers never see a partial file (``open_atomic``)."""
+    with open_atomic(p) as f:
+        f.write(data)
 
 
 def write_text(p: PathLike, text: str) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
-import os
 import platform
 import subprocess
 from collections.abc import Sequence
@@ -26,6 +25,8 @@ from pathlib import Path
 import fiddle as fdl
 from fiddle import printing
 from fiddle.experimental import serialization
+
+from xlafw import storage
 
 PACKAGES = ("torch", "torch_xla", "fiddle", "jax", "jaxlib", "numpy", "datasets")
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -78,7 +79,8 @@ def git_state(repository: Path = REPOSITORY) -> dict[str, str | bool | None]:
 def write_run_files(cfg: fdl.Buildable, run_dir: str, argv: Sequence[str]) -> str:
     """Writes the files that identify and reproduce a run into ``run_dir``.
 
-    Call it on process 0 only. Files written (``run_dir`` is created):
+    Call it on process 0 only. Files written (``run_dir`` is created; it may be
+    a local path or an fsspec URL such as ``gs://bucket/run``):
 
     - ``config.json``: Fiddle JSON, reloadable with ``--fdl_config_file``.
     - ``config.txt``: the flattened config (``fiddle.printing.as_str_flattened``).
@@ -94,8 +96,7 @@ def write_run_files(cfg: fdl.Buildable, run_dir: str, argv: Sequence[str]) -> st
     Returns:
       The config hash.
     """
-    out = Path(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.makedirs(run_dir)
     digest = config_hash(cfg)
     versions = {**package_versions(), "git": git_state()}
     files = {
@@ -106,8 +107,5 @@ def write_run_files(cfg: fdl.Buildable, run_dir: str, argv: Sequence[str]) -> st
         "config_hash.txt": digest + "\n",
     }
     for name, text in files.items():
-        # Write then rename, so a crash never leaves a half-written file behind.
-        partial = out / f".{name}.partial"
-        partial.write_text(text)
-        os.replace(partial, out / name)
+        storage.write_text(out / name, text)  # never a half-written file, even on a crash
     return digest

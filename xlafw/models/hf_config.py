@@ -13,6 +13,7 @@ means 1e-6 (ours is 1e-5) and one without ``rope_theta`` means 10000 (ours is
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 from xlafw.models.llama import LlamaConfig
@@ -55,6 +56,24 @@ ARCHITECTURE_FIELDS = (
 
 class HfCheckpointError(ValueError):
     """A Hugging Face checkpoint does not fit the model; the message lists every problem."""
+
+
+def remote_checkpoint_problem(directory: str | os.PathLike) -> str | None:
+    """Why a checkpoint directory cannot be loaded from where it is, or None.
+
+    Loading reads local directories only: ``safetensors.safe_open`` memory-maps
+    a local file (so a host reads only its shards' bytes) and cannot open a
+    ``gs://`` URL. Exports may go to a bucket (``save_hf_weights``).
+    """
+    text = os.fspath(directory)
+    if "://" not in text:
+        return None
+    local = text.rstrip("/").rsplit("/", 1)[-1] or "checkpoint"
+    return (
+        f"{text}: Hugging Face weights load from a local directory only (safetensors "
+        f"memory-maps local files). Fix: copy it to local disk first, e.g. "
+        f"`gcloud storage cp -r {text} /tmp/` and point to /tmp/{local}."
+    )
 
 
 def _rope(config_json: dict[str, Any]) -> tuple[float, Llama3RopeScaling | None]:

@@ -16,7 +16,10 @@ so no renaming happens. Both directions hold at most one tensor in host memory:
   loading.
 * **Save** (``save_hf_weights``) gathers one parameter at a time with
   ``param.cpu()``, which on a sharded tensor is a collective: every process must
-  call it; only process 0 writes.
+  call it; only process 0 writes. The directory may be local or in a bucket
+  (``gs://...``); loading reads local directories only, because ``safe_open``
+  memory-maps a local file and cannot read an fsspec URL (copy a bucket's
+  checkpoint to local disk first).
 
 Why not ``param.copy_`` for sharded parameters too: it needs the whole tensor on
 every host, and on torch_xla 2.9 a parameter whose value is still pending (built
@@ -43,11 +46,13 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from xlafw import storage
 from xlafw.models.hf_config import (
     HfCheckpointError,
     architecture_differences,
     hf_config_to_llama_config,
     llama_config_to_hf_config,
+    remote_checkpoint_problem,
 )
 from xlafw.models.llama import LlamaForCausalLM
 from xlafw.models.safetensors_stream import SAFETENSORS_DTYPES, plan_files, write_safetensors
@@ -129,9 +134,11 @@ def read_hf_index(directory: str | os.PathLike) -> dict[str, TensorEntry]:
     Only headers are read, no tensor data.
 
     Raises:
-      HfCheckpointError: when the directory holds neither ``model.safetensors``
-        nor ``model.safetensors.index.json``.
+      HfCheckpointError: when the directory is in a bucket or holds neither
+        ``model.safetensors`` nor ``model.safetensors.index.json``.
     """
+    if problem := remote_checkpoint_problem(directory):
+        raise HfCheckpointError(problem)
     directory = Path(directory)
     if (directory / INDEX_FILE).exists():
         weight_map = json.loads((directory / INDEX_FILE).read_text())["weight_map"]
@@ -260,10 +267,13 @@ def load_hf_weights(model: LlamaForCausalLM, directory: str | os.PathLike) -> Lo
       What was loaded (``.summary()`` is a log line).
 
     Raises:
-      HfCheckpointError: for missing or unexpected tensors, a shape or
-        architecture mismatch (naming the file, tensor and both shapes).
+      HfCheckpointError: for a directory in a bucket (copy it to local disk
+        first), missing or unexpected tensors, a shape or architecture
+        mismatch (naming the file, tensor and both shapes).
       RuntimeError: if a parameter's sharding changed while loading.
     """
+    if problem := remote_checkpoint_problem(directory):  # before Path() folds "gs://"
+        raise HfCheckpointError(problem)
     directory = Path(directory)
     entries = read_hf_index(directory)
     tied = _check(model, directory, entries)
@@ -327,20 +337,26 @@ def save_hf_weights(
     directory: str | os.PathLike,
     max_shard_bytes: int = 5 * 2**30,
 ) -> SavedWeights:
-    """Writes the model in Hugging Face layout, atomically.
+    """Writes the model in Hugging Face layout, to a local directory or a bucket.
 
     ``config.json`` (``llama_config_to_hf_config``), the safetensors files (one
     ``model.safetensors``, or ``model-0000x-of-0000y.safetensors`` and
     ``model.safetensors.index.json`` when larger than ``max_shard_bytes``).
-    Everything is written into a temporary sibling directory that is renamed
-    when complete, so ``directory`` is either absent or whole.
+
+    - Local: everything is written into a temporary sibling directory that is
+      renamed when complete, so ``directory`` is either absent or whole.
+    - Object store (``gs://...``): there is no atomic rename (a "move" copies
+      and deletes every object), so the files are written in place, each
+      object appearing only once complete, and ``config.json`` is written
+      last: a directory without it is an interrupted export.
 
     Every process must call it (gathering a sharded tensor is a collective);
     only process 0 writes, so ``directory`` must be on storage it can write.
 
     Args:
       model: xlafw's model, sharded or not.
-      directory: where the checkpoint goes; must not exist or be empty.
+      directory: where the checkpoint goes, a local path or an fsspec URL;
+        must not exist or be empty.
       max_shard_bytes: the largest safetensors file (HF's default is 5 GB).
 
     Returns:
@@ -349,7 +365,7 @@ def save_hf_weights(
     Raises:
       FileExistsError: when ``directory`` exists and is not empty.
     """
-    directory = Path(directory)
+    directory = storage.path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(
             f"{directory} exists and is not empty. Fix: choose a new directory or remove it."
@@ -363,23 +379,21 @@ def save_hf_weights(
         if len(groups) == 1
         else [f"model-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, len(groups) + 1)]
     )
-    tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
+    in_place = storage.is_remote(directory)
+    out = directory if in_place else directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     writer = process_index == 0
-    if writer:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    if writer and not in_place:
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
     for file, group in zip(files, groups, strict=True):
         gathered = (tensor.cpu() for _, tensor in group)
         if writer:
-            write_safetensors(tmp / file, group, gathered)
+            write_safetensors(out / file, group, gathered)
         else:
             for _ in gathered:  # join the collective gathers; process 0 writes
                 pass
     total_bytes = sum(p.numel() * p.element_size() for _, p in params)
     if writer:
-        dtype = str(params[0][1].dtype).removeprefix("torch.")
-        config_json = llama_config_to_hf_config(model.config, dtype=dtype)
-        (tmp / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
         if len(files) > 1:
             index = {
                 "metadata": {"total_size": total_bytes},
@@ -389,10 +403,15 @@ def save_hf_weights(
                     for name, _ in group
                 },
             }
-            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-        os.replace(tmp, directory)  # atomic; replaces an empty directory too
+            storage.write_text(out / INDEX_FILE, json.dumps(index, indent=2) + "\n")
+        dtype = str(params[0][1].dtype).removeprefix("torch.")
+        config_json = llama_config_to_hf_config(model.config, dtype=dtype)
+        # Last: in a bucket, config.json marks a complete export.
+        storage.write_text(out / "config.json", json.dumps(config_json, indent=2) + "\n")
+        if not in_place:
+            os.replace(out, directory)  # atomic; replaces an empty directory too
     if process_count > 1:
         import torch_xla.core.xla_model as xm
 
-        xm.rendezvous("save_hf_weights")  # nobody returns before the rename
+        xm.rendezvous("save_hf_weights")  # nobody returns before the export is complete
     return SavedWeights(str(directory), tuple(files), total_bytes)

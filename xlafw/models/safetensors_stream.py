@@ -9,12 +9,12 @@ value is gathered, so each tensor is written as soon as it reaches the host.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
+
+from xlafw import storage
 
 SAFETENSORS_DTYPES = {
     torch.float32: "F32",
@@ -44,13 +44,17 @@ def plan_files(
 
 
 def write_safetensors(
-    path: Path, tensors: list[tuple[str, torch.Tensor]], gathered: Iterator[torch.Tensor]
+    path: storage.PathLike,
+    tensors: list[tuple[str, torch.Tensor]],
+    gathered: Iterator[torch.Tensor],
 ) -> None:
     """Streams one safetensors file: the header first (shapes are known), then each tensor.
 
     ``safetensors.torch.save_file`` needs every tensor of a file in memory at
     once; streaming keeps one. Layout: little-endian u64 header length, JSON
     header (padded with spaces to 8 bytes), then the tensors' bytes in order.
+    ``path`` may be local or an fsspec URL; the file appears whole or not at all
+    (``storage.open_atomic``).
     """
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
@@ -64,10 +68,8 @@ def write_safetensors(
         offset += nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)
-    with open(path, "wb") as f:
+    with storage.open_atomic(path) as f:
         f.write(struct.pack("<Q", len(header_bytes)))
         f.write(header_bytes)
         for tensor in gathered:
             f.write(memoryview(tensor.contiguous().reshape(-1).view(torch.uint8).numpy()))
-        f.flush()
-        os.fsync(f.fileno())
