@@ -18,10 +18,7 @@ With ``async_save`` the step loop only waits for the device-to-host copy of
 the state (taken before the next step can change a parameter); the files are
 written by a background thread, one save at a time.
 
-torch_xla 2.9's ``SPMDSavePlanner`` drops tensors that are replicated over part
-of the mesh (norm weights, ``('fsdp', None)`` on a 2-D mesh): replicas in one
-process share ``(fqn, offset)`` and its de-duplication deletes every copy.
-``DedupSPMDSavePlanner`` keeps one write item per ``(fqn, offset)``.
+Writing one step is ``saving.py``; the protocol is ``commit.py``.
 """
 
 from __future__ import annotations
@@ -30,7 +27,6 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
-import os
 import pickle
 import shutil
 import time
@@ -44,10 +40,9 @@ import torch.distributed.checkpoint as dist_cp
 from etils import epath
 from fiddle.experimental import serialization
 from torch.distributed.checkpoint.api import CheckpointException
-from torch.utils import _pytree
 
 from xlafw import storage
-from xlafw.checkpoint import commit, safe_load
+from xlafw.checkpoint import commit, safe_load, saving
 from xlafw.checkpoint.coordination import Hosts
 from xlafw.checkpoint.host_state import HostState, capture_rng, host_file_name, restore_rng
 from xlafw.data.streams import StreamPosition
@@ -68,35 +63,6 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.distribu
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or resumed; the message says how to fix it."""
-
-
-def _writer(path: str):
-    if storage.is_remote(path):
-        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
-
-        return FsspecWriter(path)
-    # per_thread_copy_ahead=0: the overlapping loader asks the privateuse1
-    # backend (torchax, present with jax) for CUDA-style streams and fails.
-    return dist_cp.FileSystemWriter(path, per_thread_copy_ahead=0)
-
-
-def _dedup_spmd_save_planner():
-    import torch_xla.experimental.distributed_checkpoint as xc
-
-    class DedupSPMDSavePlanner(xc.SPMDSavePlanner):
-        """SPMDSavePlanner that keeps partially replicated tensors (module doc)."""
-
-        def create_local_plan(self):
-            plan = super().create_local_plan()
-            seen, items = set(), []
-            for item in plan.items:
-                key = (item.index.fqn, tuple(item.index.offset or ()))
-                if key not in seen:
-                    seen.add(key)
-                    items.append(item)
-            return dataclasses.replace(plan, items=items)
-
-    return DedupSPMDSavePlanner()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +257,7 @@ class CheckpointManager:
         start = time.perf_counter()
         self.wait()  # at most one save in flight
         host = HostState(data_position=data_position, rng=capture_rng(self.xla_device))
-        staged = self._stage(state)
+        staged = saving.stage(state, self.xla_device, copy_host_tensors=self.async_save)
         job = (step, staged, host, dict(shared_files))
         if self.async_save:
             if self._executor is None:
@@ -328,66 +294,23 @@ class CheckpointManager:
                 self._executor.shutdown(wait=True)
                 self._executor = None
 
-    def _stage(self, state: dict[str, Any]) -> dict[str, Any]:
-        """The state to write, copied to host memory before the next step can change it.
-
-        XLA state is always staged, async or not: one batched transfer of this
-        host's shards (with their global offsets) takes half the time of the
-        SPMD planner's tensor-by-tensor copies (BUILD_NOTES.md, checkpoints).
-        """
-        if self.xla_device is not None:
-            import torch_xla
-            import torch_xla.core.xla_model as xm
-            from torch_xla.experimental.distributed_checkpoint._helpers import (
-                _sharded_cpu_state_dict,
-            )
-
-            # Reading device data fails while an execution that writes it is in flight.
-            torch_xla.sync(wait=True)
-            xm.wait_device_ops()
-            return _sharded_cpu_state_dict(state)
-        if not self.async_save:
-            return state
-        return _pytree.tree_map_only(torch.Tensor, lambda t: t.detach().clone(), state)
-
     def _write(
         self, step: int, state: dict[str, Any], host: HostState, shared_files: dict[str, str]
     ) -> None:
         start = time.perf_counter()
-        step_dir = self.path(step)
-        if self.hosts.primary and step_dir.exists():
-            if (step_dir / commit.MARKER).exists():
-                (step_dir / commit.MARKER).unlink()  # uncommit first: never a mixed step
-            step_dir.rmtree()
-        self.hosts.barrier()  # nobody writes into a directory being removed
-        planner = (
-            _dedup_spmd_save_planner()
-            if self.xla_device is not None
-            else dist_cp.DefaultSavePlanner()
+        saving.write_step(
+            self.path(step), step, state, host, shared_files, self.hosts, self.xla_device
         )
-        metadata = dist_cp.save(state, storage_writer=_writer(str(step_dir)), planner=planner)
-        storage.write_text(step_dir / host_file_name(self.hosts.index), host.to_json())
         if self.hosts.primary:
-            for name, text in shared_files.items():
-                storage.write_text(step_dir / name, text)
-        self.hosts.barrier()  # every host's files are written
-        if self.hosts.primary:
-            commit.write_marker(step_dir, step, self._required_files(metadata, shared_files))
-            _fsync_directory(step_dir)
             self._prune()
         self.hosts.barrier()  # committed: every host may now report it (or exit)
         log.info(
             "checkpoint step %d committed to %s in %.2f s%s",
             step,
-            step_dir,
+            self.path(step),
             time.perf_counter() - start,
             " (in the background)" if self.async_save else "",
         )
-
-    def _required_files(self, metadata, shared_files: Mapping[str, str]) -> list[str]:
-        data_files = {info.relative_path for info in (metadata.storage_data or {}).values()}
-        hosts = {host_file_name(i) for i in range(self.hosts.count)}
-        return sorted({".metadata", *data_files, *hosts, *shared_files})
 
     def _prune(self) -> None:
         steps = self.steps()
@@ -467,14 +390,3 @@ def _first_failure(error: Exception) -> str:
         error, _ = next(iter(error.failures.values()))
     first_line = (str(error).strip().splitlines() or [""])[0]
     return f"{type(error).__name__}: {first_line[:300]}"
-
-
-def _fsync_directory(path: epath.Path) -> None:
-    """Makes a local directory's new entries (the marker's rename) durable."""
-    if storage.is_remote(path):
-        return
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
