@@ -135,6 +135,11 @@ class JsonlSink:
         self._uploaded_at = time.monotonic()
         self._pending = False
 
+    def flush(self) -> None:
+        """Makes every record so far durable (the trainer calls it after each checkpoint)."""
+        if self.remote and self._pending:
+            self.upload()
+
     def close(self) -> None:
         """Uploads what is not uploaded yet (object store) and closes the file."""
         if self.file.closed:
@@ -181,6 +186,9 @@ class WandbSink:
     def __call__(self, metrics: StepMetrics) -> None:
         values = {f"train/{k}": v for k, v in dataclasses.asdict(metrics).items() if v is not None}
         self.run.log(values, step=metrics.step)
+
+    def flush(self) -> None:
+        """Nothing to do: wandb syncs in its own process."""
 
     def close(self) -> None:
         self.run.finish()

@@ -382,6 +382,8 @@ class Trainer:
                 compiles, shapes = now_compiled, new_shapes
                 if scheduled_save or stopping:
                     self._save(step)
+                    for sink in sinks:  # the metrics of the steps a resume will not rerun
+                        sink.flush()
                 if stopping:
                     self.checkpoints.wait()
                     log.warning("stopped after step %d on a signal; rerun to resume", step)
