@@ -37,7 +37,7 @@ def run_xlafw(steps: int, dtype: str) -> dict:
                 "--fdl_config=llama_tiny",
                 f"--fdl.trainer.max_steps={steps}",
                 "--fdl.trainer.log_every=10",
-                f"--fdl.trainer.dtype={dtype}",
+                f"--fdl.trainer.param_dtype={dtype}",
                 "--fdl.checkpoint.every_steps=0",
                 f"--fdl.trainer.run_dir={run_dir}",
             ],

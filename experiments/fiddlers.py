@@ -11,8 +11,15 @@ from xlafw.experiment import Experiment
 
 
 def bfloat16(cfg: fdl.Config[Experiment]) -> None:
-    """Train in bfloat16 (parameters and activations)."""
-    cfg.trainer.dtype = "bfloat16"
+    """Train in pure bfloat16 (parameters, optimizer state and activations)."""
+    cfg.trainer.param_dtype = "bfloat16"
+    cfg.trainer.compute_dtype = None
+
+
+def mixed_precision(cfg: fdl.Config[Experiment]) -> None:
+    """fp32 parameters and optimizer state, bf16 matmuls and activations."""
+    cfg.trainer.param_dtype = "float32"
+    cfg.trainer.compute_dtype = "bfloat16"
 
 
 def quick(cfg: fdl.Config[Experiment]) -> None:

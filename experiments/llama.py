@@ -18,6 +18,8 @@ from xlafw.data import (
     SHAKESPEARE_TEXTS,
     ConsecutivePairs,
     DataPipeline,
+    DocumentBoundaries,
+    HubDataset,
     HuggingFaceTokenizer,
     SentencePieceTokenizer,
     SftPipeline,
@@ -36,6 +38,23 @@ def _llama(**config) -> fdl.Partial:
 
 def _rules(rules: ShardingRules) -> fdl.Config[ShardingRules]:
     return fdl.Config(ShardingRules, parameters=rules.parameters, activations=rules.activations)
+
+
+def _fineweb_edu() -> fdl.Config[HubDataset]:
+    """FineWeb-Edu's 10B-token sample, streamed from the hub (the pod experiments' corpus).
+
+    Educational web pages filtered from FineWeb (ODC-By 1.0); columns ``text``,
+    ``id``, ``dump``, ``url``, ``file_path``, ``language``, ``language_score``,
+    ``token_count``, ``score``, ``int_score``. Not reachable from CPU machines:
+    tests stream a local copy of its layout (``tests/test_pretraining_data.py``).
+    """
+    return fdl.Config(
+        HubDataset,
+        name="HuggingFaceFW/fineweb-edu",
+        config_name="sample-10BT",
+        split="train",
+        text_field="text",
+    )
 
 
 def _experiment(model: fdl.Partial, data: fdl.Partial) -> fdl.Config[Experiment]:
@@ -129,7 +148,11 @@ def llama_tiny_spmd() -> fdl.Config[Experiment]:
 
 
 def llama_8b() -> fdl.Config[Experiment]:
-    """Llama 3.1 8B, FSDP over every chip, sequence 8192 (TPU pod slice)."""
+    """Llama 3.1 8B, FSDP over every chip, sequence 8192 (TPU pod slice).
+
+    Trains on FineWeb-Edu (``sample-10BT``, streamed from the hub), documents
+    packed with segment ids so attention stops at their boundaries.
+    """
     model = _llama(
         vocab_size=128256,
         hidden_size=4096,
@@ -143,14 +166,17 @@ def llama_8b() -> fdl.Config[Experiment]:
     )
     data = fdl.Partial(
         DataPipeline,
-        source=fdl.Config(TextFiles, paths=(SHAKESPEARE_TEXTS,)),
+        source=_fineweb_edu(),
         tokenizer=fdl.Config(HuggingFaceTokenizer, name_or_path="meta-llama/Llama-3.1-8B"),
         seq_len=8192,
         global_batch_size=256,
+        document_boundaries=DocumentBoundaries.SEGMENTED,
     )
     cfg = _experiment(model, data)
     cfg.sharding = _rules(LLAMA_FSDP)
-    cfg.trainer.dtype = "bfloat16"
+    # fp32 master weights and AdamW state, bf16 matmuls and activations.
+    cfg.trainer.param_dtype = "float32"
+    cfg.trainer.compute_dtype = "bfloat16"
     cfg.trainer.max_steps = 1000
     cfg.checkpoint.every_steps = 100
     cfg.remat.checkpoint_modules = ("LlamaDecoderLayer",)

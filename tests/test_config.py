@@ -34,7 +34,7 @@ def test_sets_are_parsed_by_the_field_annotation():
         sets=[
             "trainer.max_steps=30",
             "optimizer.lr=1e-3",
-            "trainer.dtype=bfloat16",  # str-like Literal: no quoting needed
+            "trainer.param_dtype=bfloat16",  # str-like Literal: no quoting needed
             "trainer.run_dir=/tmp/some run",  # plain str: no quoting needed
             "trainer.max_grad_norm=None",
             "optimizer.betas=(0.9,0.99)",
@@ -42,7 +42,7 @@ def test_sets_are_parsed_by_the_field_annotation():
     )
     assert cfg.trainer.max_steps == 30 and isinstance(cfg.trainer.max_steps, int)
     assert cfg.optimizer.lr == 1e-3
-    assert cfg.trainer.dtype == "bfloat16"
+    assert cfg.trainer.param_dtype == "bfloat16"
     assert cfg.trainer.run_dir == "/tmp/some run"
     assert cfg.trainer.max_grad_norm is None
     assert cfg.optimizer.betas == (0.9, 0.99)
@@ -59,7 +59,7 @@ def test_fiddler_applies_before_sets():
         ("trainer.max_stepz=3", "did you mean trainer.max_steps"),
         ("model.config.hiden_size=3", "did you mean model.config.hidden_size"),
         ("mesh.ici.fsdp='8'", "expected int"),
-        ("trainer.dtype=float16", "'float32', 'bfloat16'"),
+        ("trainer.param_dtype=float16", "'float32', 'bfloat16'"),
         ("mesh.ici=3", "sub-config"),
         ("optimizer.lr=fast", "expected float"),
     ],
@@ -157,18 +157,18 @@ def test_cli_sweep_writes_one_reloadable_hashed_config_per_trial(tmp_path, xlafw
     proc = xlafw_cli(
         "--fdl_config=llama_tiny_smoke",
         "--sweep=optimizer.lr=[1e-4,3e-4]",
-        "--sweep=trainer.dtype=[float32,bfloat16]",
+        "--sweep=trainer.param_dtype=[float32,bfloat16]",
         f"--sweep_dir={sweep_dir}",
     )
     assert proc.returncode == 0, proc.stderr
     index = json.loads((sweep_dir / "sweep.json").read_text())
     assert [t["name"] for t in index["trials"]] == [f"trial_00{i}" for i in range(4)]
     last = index["trials"][3]
-    assert last["overrides"] == ["optimizer.lr=3e-4", "trainer.dtype=bfloat16"]
+    assert last["overrides"] == ["optimizer.lr=3e-4", "trainer.param_dtype=bfloat16"]
     assert f"python -m xlafw.main --fdl_config_file={last['config_file']}" in proc.stdout
     cfg = load_config_file(last["config_file"])
     assert config_hash(cfg) == last["config_hash"]
-    assert cfg.optimizer.lr == 3e-4 and cfg.trainer.dtype == "bfloat16"
+    assert cfg.optimizer.lr == 3e-4 and cfg.trainer.param_dtype == "bfloat16"
     assert cfg.trainer.run_dir == str(sweep_dir / "trial_003")  # trials never share a run dir
 
 

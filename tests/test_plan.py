@@ -52,10 +52,33 @@ def test_target_and_contradicting_device_count_are_refused():
 
 def test_fsdp_divides_parameters_gradients_and_adam_state_over_all_chips():
     plan = make_plan(build_config("llama_8b"), tpu_target("v5p-256"))
-    # bfloat16, every weight split 128 ways on fsdp (all dimensions divide evenly).
-    assert plan.memory.parameters == 8_030_261_248 * 2 // 128
+    # float32 master weights, every weight split 128 ways on fsdp (all dimensions divide).
+    assert plan.memory.parameters == 8_030_261_248 * 4 // 128
     assert plan.memory.gradients == plan.memory.parameters
     assert plan.memory.optimizer_state == 2 * plan.memory.parameters
+
+
+def test_mixed_precision_keeps_fp32_state_and_bf16_activations():
+    mixed = make_plan(build_config("llama_8b"), tpu_target("v5p-256"))
+    pure = make_plan(
+        build_config(
+            "llama_8b", sets=["trainer.param_dtype=bfloat16", "trainer.compute_dtype=None"]
+        ),
+        tpu_target("v5p-256"),
+    )
+    assert mixed.memory.parameters == 2 * pure.memory.parameters
+    assert mixed.memory.optimizer_state == 2 * pure.memory.optimizer_state
+    assert mixed.memory.activations == pure.memory.activations
+    assert "mixed precision" in mixed.dtype and pure.dtype == "bfloat16"
+
+
+def test_gradient_accumulation_plans_the_activations_of_one_micro_batch():
+    whole = make_plan(build_config("llama_8b"), tpu_target("v5p-256"))
+    micro = make_plan(
+        build_config("llama_8b", sets=["trainer.grad_accum_steps=2"]), tpu_target("v5p-256")
+    )
+    assert micro.memory.activations == whole.memory.activations // 2
+    assert micro.memory.parameters == whole.memory.parameters
 
 
 def test_remat_keeps_fewer_activations_than_no_remat():
@@ -103,7 +126,7 @@ def test_host_initialization_that_cannot_fit_host_memory_is_refused():
     cfg = build_config("llama_405b", sets=["trainer.init_on=host"])
     with pytest.raises(ConfigError) as err:
         validate(cfg, target="v5p-1024")
-    assert "trainer.init_on=host: initializing the model on the host needs 756.0 GiB" in str(
+    assert "trainer.init_on=host: initializing the model on the host needs 1.5 TiB" in str(
         err.value
     )
     validate(build_config("llama_8b"), target="v5p-256")  # auto: on the devices

@@ -30,6 +30,8 @@ import torch
 from xlafw.data.pipeline import BatchPipeline
 from xlafw.parallel import Mesh, RematPolicy, ShardingRules
 
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
 # Models up to this many parameters are initialized on the host by default
 # (TrainerSettings.init_on): 1 GiB in float32, about a second of host init.
 HOST_INIT_MAX_PARAMETERS = 2**28
@@ -46,7 +48,19 @@ class TrainerSettings:
       log_every: log metrics every this many steps; reading them never adds a
         graph or a recompilation.
       seed: seeds Python, NumPy, torch and the XLA RNG.
-      dtype: parameter and activation dtype of the model.
+      param_dtype: the dtype parameters, gradients and optimizer state are
+        kept in (the master weights).
+      compute_dtype: the dtype matmuls and activations run in. With
+        ``param_dtype=float32, compute_dtype=bfloat16`` (mixed precision)
+        matmul inputs are cast to bfloat16 under autocast while the weights
+        and AdamW's state stay float32, so small updates are not rounded
+        away over a long run. None: the same as ``param_dtype`` (pure fp32,
+        or pure bf16 when ``param_dtype=bfloat16``).
+      grad_accum_steps: micro-batches per optimizer step. The global batch is
+        split into this many micro-batches, run one after another inside the
+        same compiled step, gradients summed; the loss stays token-weighted
+        over the whole global batch, so the step equals the unaccumulated one
+        at a fraction of the activation memory.
       max_grad_norm: clip gradients to this global L2 norm; None disables.
       run_dir: where the run writes its config and metrics. ``{experiment}`` is
         replaced by the experiment's name.
@@ -71,7 +85,9 @@ class TrainerSettings:
     steps_per_epoch: int | None = None
     log_every: int = 10
     seed: int = 42
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    param_dtype: Literal["float32", "bfloat16"] = "float32"
+    compute_dtype: Literal["float32", "bfloat16"] | None = None
+    grad_accum_steps: int = 1
     max_grad_norm: float | None = 1.0
     run_dir: str = "runs/{experiment}"
     compile_cache: Literal["auto", "on", "off"] = "auto"
@@ -81,7 +97,14 @@ class TrainerSettings:
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16}[self.dtype]
+        """The parameters' dtype as a ``torch.dtype``."""
+        return TORCH_DTYPES[self.param_dtype]
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The dtype to autocast matmuls to, or None when they run in ``param_dtype``."""
+        compute = self.compute_dtype or self.param_dtype
+        return None if compute == self.param_dtype else TORCH_DTYPES[compute]
 
 
 @dataclasses.dataclass(frozen=True)

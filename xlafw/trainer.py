@@ -152,7 +152,7 @@ class Trainer:
             6,
             "model %s built in %s on %s, initialized %s: %s parameters (%s)",
             type(self.model).__name__,
-            settings.dtype,
+            settings.param_dtype,
             self.rt.device,
             why,
             f"{self.num_parameters:,}",
@@ -246,22 +246,53 @@ class Trainer:
         return None
 
     def train_step(self, batch: dict[str, torch.Tensor]):
-        """Forward, loss, backward, clipping, optimizer and schedule: one graph."""
+        """Forward, loss, backward, clipping, optimizer and schedule: one graph.
+
+        With ``trainer.grad_accum_steps = k > 1`` the global batch is cut into
+        k micro-batches, traced one after another into the same graph, each
+        backward adding to the gradients. Micro-batch ``j`` takes rows ``j,
+        j + k, j + 2k, ...``: under SPMD each device's block of rows then feeds
+        every micro-batch, so no micro-batch lands on a subset of the devices.
+        Each micro-batch's summed loss is divided by the whole global batch's
+        target tokens, so the gradient (and the logged loss) equals the
+        unaccumulated step's, SFT masks included.
+        """
+        from xlafw.models.llama import IGNORE_INDEX
         from xlafw.optim import clip_grad_norm
 
         # Pipelines yield exactly the model's inputs: input_ids and labels, plus
         # segment_ids/position_ids (packed documents) or attention_mask (SFT pads).
-        out = self.model(**batch)
-        out.loss.backward()
+        accum = self.settings.grad_accum_steps
+        with self._autocast():
+            if accum == 1:
+                out = self.model(**batch)
+                out.loss.backward()
+                loss, target_tokens = out.loss, out.num_target_tokens
+            else:
+                target_tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+                denominator = target_tokens.clamp(min=1).float()
+                loss = torch.zeros((), device=target_tokens.device)
+                for j in range(accum):
+                    micro = {k: v.view(-1, accum, *v.shape[1:])[:, j] for k, v in batch.items()}
+                    part = self.model(**micro).loss_sum / denominator
+                    part.backward()
+                    loss = loss + part.detach()
         grad_norm = clip_grad_norm(self.params, self.settings.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return out.loss, {
+        return loss, {
             "grad_norm": grad_norm,
             "update_norm": self.optimizer.last_update_norm,
             "lr": self.optimizer.last_lr,
-            "target_tokens": out.num_target_tokens,
+            "target_tokens": target_tokens,
         }
+
+    def _autocast(self):
+        """bf16 matmuls over fp32 master weights when ``compute_dtype`` differs (else nothing)."""
+        dtype = self.settings.autocast_dtype
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast("xla", dtype=dtype)
 
     def _on_signal(self, signum, frame) -> None:
         if self._stop_signal is None:

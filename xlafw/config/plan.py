@@ -5,7 +5,8 @@ and applies the config's mesh and sharding rules arithmetically. It is what
 ``--dry_run`` prints and what validation's memory check compares against the
 device memory. Never imports torch_xla.
 
-Memory per device (all in the parameter dtype, ``trainer.dtype``):
+Memory per device (parameters, gradients and AdamW state in ``trainer.param_dtype``;
+activations in ``trainer.compute_dtype``, for one micro-batch):
 
 * parameters: each tensor's elements divided by the ways its spec splits it
   (``sharding.ways`` per dimension; no rule or ``()`` means replicated).
@@ -20,12 +21,12 @@ Memory per device (all in the parameter dtype, ``trainer.dtype``):
     query and attention output, key and value, gate, up, silu(gate), their
     product), with ``q`` = heads x head_dim and ``kv`` = kv heads x head_dim.
     The reference attention kernel also keeps ``heads * seq_len`` scores
-    (float32) and probabilities (parameter dtype) per token.
+    (float32) and probabilities (compute dtype) per token.
   - without remat every layer keeps all of that; with ``LlamaDecoderLayer``
     in ``remat.checkpoint_modules`` a layer keeps only its input (``h`` per
     token) and one layer's full set is live again while it is recomputed.
   - the head keeps the final norm's input and output (``2h``), the logits in
-    the parameter dtype and their float32 copy for the loss (``vocab`` each).
+    the compute dtype and their float32 copy for the loss (``vocab`` each).
 
   This ignores XLA's temporaries and fusion, so treat it as a floor with
   roughly 10-20% to spare, not a promise.
@@ -128,11 +129,12 @@ class Plan:
       parameter_groups: parameter count per top-level module group.
       num_parameters: the total parameter count.
       memory: estimated bytes per device.
-      dtype: the parameter dtype the byte counts use.
+      dtype: the dtypes the byte counts use (parameters; compute if it differs).
       remat_layers: whether decoder layers are recomputed in the backward.
       tokens_per_step: global batch x sequence length.
       flops_per_token: training FLOPs (forward and backward) per token.
       sharding: the sharding table.
+      data: what the data pipeline reads and how it packs it, one line each.
     """
 
     experiment: str
@@ -146,6 +148,7 @@ class Plan:
     tokens_per_step: int
     flops_per_token: int
     sharding: tuple[ShardingRow, ...]
+    data: tuple[str, ...] = ()
 
     @property
     def flops_per_step(self) -> int:
@@ -184,15 +187,29 @@ def sharding_table(
     return tuple(rows.values())
 
 
+def compute_dtype(cfg: fdl.Config) -> str:
+    """The dtype activations and matmuls run in (``trainer.compute_dtype`` or the parameters')."""
+    return cfg.trainer.compute_dtype or cfg.trainer.param_dtype
+
+
+def _dtype_description(cfg: fdl.Config) -> str:
+    param, compute = cfg.trainer.param_dtype, compute_dtype(cfg)
+    if param == compute:
+        return param
+    return f"{param} parameters and optimizer state, {compute} compute (mixed precision)"
+
+
 def activation_bytes(cfg: fdl.Config, axes: Mapping[str, int]) -> int:
     """Activation memory per device under the remat policy (module docstring)."""
     model = cfg.model.config
     h, i, vocab = model.hidden_size, model.intermediate_size, model.vocab_size
     head_dim = model.head_dim or h // model.num_attention_heads
     q, kv = model.num_attention_heads * head_dim, model.num_key_value_heads * head_dim
-    seq, size = cfg.data.seq_len, DTYPE_BYTES[cfg.trainer.dtype]
+    seq, size = cfg.data.seq_len, DTYPE_BYTES[compute_dtype(cfg)]
     batch_ways = axes["data"] * axes["fsdp"] * axes["context"]
-    tokens = cfg.data.global_batch_size * seq / batch_ways
+    # Gradient accumulation keeps one micro-batch's activations alive at a time.
+    micro_batch = cfg.data.global_batch_size / max(1, cfg.trainer.grad_accum_steps)
+    tokens = micro_batch * seq / batch_ways
     tensor = axes["tensor"]
     scores = model.num_attention_heads * seq * (4 + size)
     per_layer = ((4 * h + 2 * q + 2 * kv + 4 * i) * size + scores) / tensor
@@ -225,7 +242,7 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Bytes per device of parameters, gradients, AdamW state and activations."""
     rules: ShardingRules = fdl.build(cfg.sharding)
-    size = DTYPE_BYTES[cfg.trainer.dtype]
+    size = DTYPE_BYTES[cfg.trainer.param_dtype]
     elements = 0
     for row in sharding_table(model, rules, axes):
         elements += math.prod(row.local_shape) * row.copies
@@ -273,6 +290,24 @@ def devices_for_dry_run(cfg: fdl.Config, detected: Devices) -> Devices:
     )
 
 
+def data_summary(cfg: fdl.Config) -> tuple[str, ...]:
+    """The data source, tokenizer and packing of ``cfg.data``; reads no data, no network."""
+    source = fdl.build(cfg.data.source)
+    describe = getattr(source, "describe", None)
+    lines = [f"source      {describe() if describe else repr(source)}"]
+    if (tokenizer := getattr(cfg.data, "tokenizer", None)) is not None:
+        lines.append(f"tokenizer   {fdl.build(tokenizer)!r}")
+    boundaries = getattr(cfg.data, "document_boundaries", None)
+    if boundaries is not None:
+        attention = (
+            "segment ids: attention stops at document boundaries"
+            if boundaries.value == "segmented"
+            else "attention crosses document boundaries"
+        )
+        lines.append(f"packing     documents end to end, EOS between; {attention}")
+    return tuple(lines)
+
+
 def make_plan(cfg: fdl.Config, devices: Devices, model: torch.nn.Module | None = None) -> Plan:
     """Computes the dry-run figures of ``cfg`` on ``devices``.
 
@@ -297,11 +332,12 @@ def make_plan(cfg: fdl.Config, devices: Devices, model: torch.nn.Module | None =
         parameter_groups=groups,
         num_parameters=sum(groups.values()),
         memory=estimate_memory(cfg, model, axes),
-        dtype=cfg.trainer.dtype,
+        dtype=_dtype_description(cfg),
         remat_layers=REMAT_LAYER in cfg.remat.checkpoint_modules,
         tokens_per_step=cfg.data.global_batch_size * cfg.data.seq_len,
         flops_per_token=flops_per_token(cfg, model),
         sharding=sharding_table(model, fdl.build(cfg.sharding), axes),
+        data=data_summary(cfg),
     )
 
 
@@ -324,6 +360,8 @@ def format_plan(plan: Plan) -> str:
     """The ``--dry_run`` report: parameters, memory, compute and the sharding table."""
     mesh = " ".join(f"{a}={n}" for a, n in plan.axis_sizes.items())
     lines = [f"dry run: {plan.experiment} on {plan.devices.description}", f"mesh: {mesh}", ""]
+    if plan.data:
+        lines += ["data", *(f"  {line}" for line in plan.data), ""]
     lines.append("parameters")
     for group, count in plan.parameter_groups.items():
         layers = next((r.copies for r in plan.sharding if r.name.startswith(group + ".")), 1)

@@ -113,6 +113,15 @@ def _trainer_checks(cfg: fdl.Config) -> Iterator[str]:
         yield f"data.seq_len={cfg.data.seq_len} must be >= 2 (one input, one target)."
     if cfg.data.global_batch_size < 1:
         yield f"data.global_batch_size={cfg.data.global_batch_size} must be >= 1."
+    accum = trainer.grad_accum_steps
+    if not isinstance(accum, int) or accum < 1:
+        yield f"trainer.grad_accum_steps={accum} must be an integer >= 1 (1: no accumulation)."
+    elif cfg.data.global_batch_size % accum:
+        yield (
+            f"trainer.grad_accum_steps={accum} does not divide "
+            f"data.global_batch_size={cfg.data.global_batch_size} into equal micro-batches. "
+            f"Fix: use a divisor of {cfg.data.global_batch_size}."
+        )
     hf_dir = trainer.init_from_hf
     if hf_dir:
         yield from _hf_checkpoint_checks(cfg, hf_dir)
@@ -169,10 +178,18 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None, on_tpu: bool) -> Iter
         yield f"mesh: {e}{hint}"
         return
     batch_ways = axes["data"] * axes["fsdp"]
+    accum = cfg.trainer.grad_accum_steps
     if cfg.data.global_batch_size % batch_ways:
         yield (
             f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by the "
             f"data-parallel ways (data x fsdp = {batch_ways}). Fix: use a multiple of {batch_ways}."
+        )
+    elif isinstance(accum, int) and accum > 1 and cfg.data.global_batch_size % (accum * batch_ways):
+        yield (
+            f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by "
+            f"trainer.grad_accum_steps x data-parallel ways ({accum} x {batch_ways}): every "
+            f"micro-batch must split evenly over the devices. Fix: use a multiple of "
+            f"{accum * batch_ways}, or fewer accumulation steps."
         )
     if math.prod(mesh.dcn.as_tuple()) > 1 and not on_tpu:
         yield (
@@ -343,7 +360,7 @@ def _host_init_checks(cfg: fdl.Config, model: torch.nn.Module) -> Iterator[str]:
     """``trainer.init_on=host`` builds the whole model in host memory first."""
     if cfg.trainer.init_on != "host":
         return
-    itemsize = 2 if cfg.trainer.dtype == "bfloat16" else 4
+    itemsize = 2 if cfg.trainer.param_dtype == "bfloat16" else 4
     needed = sum(p.numel() for p in model.parameters()) * itemsize
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > available:

@@ -176,11 +176,15 @@ class CausalLMOutput:
       logits: ``[batch, seq, vocab]`` float32 logits; None when labels were given
         (the loss path never materializes full-sequence logits).
       num_target_tokens: how many tokens contributed to the loss.
+      loss_sum: the summed cross-entropy (``loss * num_target_tokens``), which
+        gradient accumulation weights by the global batch's target tokens; 0
+        (not NaN) when no token is a target.
     """
 
     loss: torch.Tensor | None
     logits: torch.Tensor | None
     num_target_tokens: torch.Tensor | None
+    loss_sum: torch.Tensor | None = None
 
 
 class LlamaForCausalLM(nn.Module):
@@ -231,10 +235,14 @@ class LlamaForCausalLM(nn.Module):
             return CausalLMOutput(loss=None, logits=self.lm_head(h).float(), num_target_tokens=None)
         logits = self.lm_head(h[:, :-1]).float()
         targets = labels[:, 1:]
-        loss = F.cross_entropy(
+        loss_sum = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]),
             targets.reshape(-1),
             ignore_index=IGNORE_INDEX,
+            reduction="sum",
         )
         num_targets = (targets != IGNORE_INDEX).sum()
-        return CausalLMOutput(loss=loss, logits=None, num_target_tokens=num_targets)
+        loss = loss_sum / num_targets.clamp(min=1)
+        return CausalLMOutput(
+            loss=loss, logits=None, num_target_tokens=num_targets, loss_sum=loss_sum
+        )
