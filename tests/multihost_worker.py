@@ -8,6 +8,7 @@ its shards. It then runs one action through xlafw's CheckpointManager:
   crash RANK STEP   as save, but process RANK dies before the commit barrier of STEP
   restore STEP      load STEP into a zeroed state and print whether it equals the saved one
   resume            print the newest valid step after removing uncommitted leftovers
+  agree RANK        print whether any host stops when only process RANK got a signal
 
 Usage: multihost_worker.py RANK WORLD PORT DIRECTORY ACTION [ARGS...]
 """
@@ -101,6 +102,9 @@ def main(rank: int, world: int, port: int, directory: str, action: str, args: li
             torch.equal(state["model"][k].to_local(), expected[k].to_local()) for k in expected
         )
         print("RESTORED_EQUAL", equal)
+    elif action == "agree":
+        hosts = Hosts.from_process_group()
+        print("ANY_STOPS", hosts.any(rank == int(args[0])), hosts.any(False))
     elif action == "resume":
         manager = CheckpointManager(settings, directory, Hosts.from_process_group())
         manager.remove_uncommitted()

@@ -6,14 +6,19 @@ the unpicklers are the ones every run uses.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
+import sys
 
 import pytest
 import torch
+from fiddle.experimental import serialization
+from torch.distributed.checkpoint.metadata import Metadata
 
-from xlafw.checkpoint import CheckpointError, CheckpointManager, commit
+from xlafw.checkpoint import CheckpointError, CheckpointManager, commit, safe_load
+from xlafw.config import build_config, config_hash
 from xlafw.data.streams import StreamPosition
 from xlafw.experiment import Checkpointing
 
@@ -76,13 +81,83 @@ def test_a_pickle_planted_in_a_checkpoint_never_runs(tmp_path, name):
     _save(manager, 1)
     _plant(manager.path(1), name, sentinel, update_marker=True)  # a forged, consistent marker
     assert manager.newest_valid_step() == 1
+    load = (
+        manager.host_state
+        if name == "host_0.json"
+        else lambda s: manager.restore_state(s, _empty())
+    )
     with pytest.raises(CheckpointError) as error:
-        manager.restore_state(1, _empty())
-        manager.host_state(1)
+        load(1)
     assert str(manager.path(1)) in str(error.value)
     if name == ".metadata":
         assert "refusing to load posix.system" in str(error.value)
     assert not sentinel.exists()
+
+
+def test_metadata_that_rewrites_an_allowed_class_is_refused():
+    # GLOBAL Metadata, then BUILD with a state dict: would set Metadata.evil = set.
+    payload = (
+        b"\x80\x02ctorch.distributed.checkpoint.metadata\nMetadata\n"
+        b"N}X\x04\x00\x00\x00evilcbuiltins\nset\ns\x86b."
+    )
+    with pytest.raises(safe_load.UnsafeCheckpointError, match="refusing to set the state"):
+        safe_load.load_metadata(io.BytesIO(payload))
+    assert not hasattr(Metadata, "evil")
+
+
+def test_a_saved_config_naming_a_module_outside_xlafw_is_refused_without_importing_it(
+    tmp_path,
+):
+    config = build_config("llama_tiny_smoke")
+    manager = _manager(tmp_path)
+    forged = serialization.dump_json(config).replace("xlafw.optim.adamw", "this")
+    trainer_state = json.dumps({"step": 1, "config_hash": "forged"})
+    manager.save(
+        1, _state(1), StreamPosition(), {"config.json": forged, "trainer_state.json": trainer_state}
+    )
+    sys.modules.pop("this", None)
+    with pytest.raises(CheckpointError, match="cannot read the config saved with"):
+        manager.resume_point(config, config_hash(config))
+    assert "this" not in sys.modules
+
+
+def test_resuming_with_another_process_count_is_refused_naming_both(tmp_path):
+    config = build_config("llama_tiny_smoke")
+    manager = _manager(tmp_path)
+    shared = {
+        "config.json": serialization.dump_json(config),
+        "trainer_state.json": json.dumps({"step": 1, "config_hash": config_hash(config)}),
+    }
+    manager.save(1, _state(1), StreamPosition(), shared)
+    assert manager.resume_point(config, config_hash(config)) == 1
+    marker = json.loads((manager.path(1) / commit.MARKER).read_text())
+    marker["process_count"] = 4  # as if a 4-host run wrote it
+    (manager.path(1) / commit.MARKER).write_text(json.dumps(marker))
+    with pytest.raises(CheckpointError, match="written by 4 processes and this run has 1"):
+        manager.resume_point(config, config_hash(config))
+
+
+def test_falling_back_uncommits_the_damaged_checkpoint_so_retention_ignores_it(tmp_path):
+    manager = CheckpointManager(Checkpointing(keep_last=1), str(tmp_path))
+    _save(manager, 10)
+    manager.settings = Checkpointing(keep_last=2)
+    _save(manager, 20)
+    (manager.path(20) / "host_0.json").write_text("{}")
+    assert manager.newest_valid_step() == 10
+    assert manager.steps() == [10]
+    manager.settings = Checkpointing(keep_last=1)
+    _save(manager, 15)  # resumed from 10: keeps the good 15, not the damaged 20
+    assert manager.steps() == [15]
+
+
+def test_a_failing_background_save_surfaces_at_the_next_wait(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    manager = CheckpointManager(Checkpointing(), str(blocker / "ckpt"), async_save=True)
+    manager.save(1, _state(1), StreamPosition(), {})  # returns: the write runs in the background
+    with pytest.raises(CheckpointError, match="a background checkpoint save failed"):
+        manager.close()
+    assert manager.steps() == []
 
 
 def test_a_planted_file_that_breaks_the_marker_falls_back_to_the_previous_checkpoint(

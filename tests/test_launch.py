@@ -145,6 +145,7 @@ def test_submit_script_copies_the_config_then_runs_xpk_without_dry_run(issue_che
         ("--fdl_set=mesh.ici.fsdp=96", "mesh"),  # 96 chips cannot cover 2 x 128
         ("--workload=" + "a" * 45, "--workload"),
         ("--fdl_set=trainer.run_dir=runs/a", "trainer.run_dir"),
+        ("--fdl_set=checkpoint.directory=/tmp/ckpt", "checkpoint.directory"),
     ],
 )
 def test_bad_launch_exits_2_naming_the_field_and_writes_nothing(tmp_path, override, field):

@@ -97,3 +97,8 @@ def test_a_checkpoint_of_four_hosts_restores_into_two_and_three(tmp_path):
     for world in (2, 3):
         restored = _hosts(world, tmp_path, "restore", "3")
         assert [_value(p, "RESTORED_EQUAL") for p in restored] == ["True"] * world
+
+
+def test_a_signal_on_one_host_stops_every_host_after_the_same_step(tmp_path):
+    procs = _hosts(3, tmp_path, "agree", "2")
+    assert [_value(p, "ANY_STOPS") for p in procs] == ["True False"] * 3

@@ -102,11 +102,13 @@ class Trainer:
     Args:
       experiment: the built experiment.
       config: the config it was built from (saved with every checkpoint).
+      argv: the command line, for the run files.
     """
 
-    def __init__(self, experiment: Experiment, config: fdl.Config):
+    def __init__(self, experiment: Experiment, config: fdl.Config, argv: Sequence[str] = ()):
         self.experiment = experiment
         self.config = config
+        self.argv = argv
         self.config_json = serialization.dump_json(config, indent=2)
         self.config_hash = config_hash(config)
         self.run_dir = experiment.run_dir
@@ -120,7 +122,7 @@ class Trainer:
         import torch_xla
 
         from xlafw import runtime
-        from xlafw.checkpoint import CheckpointManager, Hosts
+        from xlafw.checkpoint import CheckpointManager
         from xlafw.data.device_loader import DeviceLoader
         from xlafw.parallel import apply as parallel_apply
 
@@ -128,6 +130,8 @@ class Trainer:
         self.rt = runtime.start(
             spmd=parallel_apply.wants_spmd(exp.mesh), compile_cache_dir=self._compile_cache_dir()
         )
+        if storage.is_remote(self.run_dir) and self.rt.process_index == 0:
+            write_run_files(self.config, self.run_dir, self.argv)
         # Before any other thread or graph runs: on CPU this measures the host.
         self.peak_flops = peak_flops(
             exp.metrics.peak_tflops_per_device, runtime.tpu_generation(), self.rt.num_devices
@@ -186,7 +190,6 @@ class Trainer:
         self.checkpoints = CheckpointManager(
             exp.checkpoint,
             exp.checkpoint_dir,
-            Hosts.from_process_group(),
             xla_device=self.rt.device,
             async_save=async_save,
         )
@@ -333,6 +336,7 @@ class Trainer:
         import torch_xla.debug.profiler as xp
 
         from xlafw import runtime
+        from xlafw.checkpoint import CheckpointError
 
         settings, every = self.settings, self.experiment.checkpoint.every_steps
         batches = self.batches
@@ -355,7 +359,15 @@ class Trainer:
             compile_counter=runtime.compile_count,
         )
         profile = self.experiment.metrics.profile_steps
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # Run in reverse order on the way out, each even if an earlier one raised:
+        # the last save in flight commits, the handlers return, the metrics land.
+        cleanup = contextlib.ExitStack()
+        for sink in sinks:
+            cleanup.callback(sink.close)
+        for s in (signal.SIGTERM, signal.SIGINT):
+            cleanup.callback(signal.signal, s, signal.signal(s, self._on_signal))
+        cleanup.callback(self.checkpoints.close)
+        cleanup.callback(batches.close)
         stage(
             13,
             "step loop: steps %d..%d, %s tokens/step, logging every %d",
@@ -374,7 +386,7 @@ class Trainer:
             )
         compiles, shapes = runtime.compile_count(), None
         step = self.start_step
-        try:
+        with cleanup:
             for step in range(self.start_step + 1, settings.max_steps + 1):
                 batch = next(batches)
                 if profile and step == profile[0]:
@@ -392,11 +404,17 @@ class Trainer:
                             # Synchronous: values are read right after this step's
                             # graph ran, so a NaN stops the run before it is saved.
                             xm.add_step_closure(logger.on_step, args=(step, aux), run_async=False)
-                    stopping = self._stop_signal is not None
+                    # Every host stops after the same step (a preempted node's pod is
+                    # signalled alone), or the others would wait in the next step's
+                    # collectives while it waits in the checkpoint's.
+                    stopping = self.checkpoints.hosts.any(self._stop_signal is not None)
                     if stopping and not log_now:
                         logger.on_step(step, aux)  # the step ran: a plain read, no graph
                 except FloatingPointError as e:
-                    self.checkpoints.wait()  # a save in flight is of an earlier, finite step
+                    try:
+                        self.checkpoints.wait()  # a save in flight is of an earlier, finite step
+                    except CheckpointError as save_error:
+                        log.error("%s", save_error)
                     newest = self.checkpoints.steps()
                     raise NonFiniteLoss(
                         f"{e} The newest good checkpoint is "
@@ -417,17 +435,11 @@ class Trainer:
                         sink.flush()
                 if stopping:
                     self.checkpoints.wait()
-                    log.warning("stopped after step %d on a signal; rerun to resume", step)
-                    self.preempted_at = step
+                    if step < settings.max_steps:  # a signal during the last step: done
+                        log.warning("stopped after step %d on a signal; rerun to resume", step)
+                        self.preempted_at = step
                     break
             xm.wait_device_ops()
-        finally:
-            batches.close()
-            self.checkpoints.close()  # the last save in flight is committed before we return
-            for s, handler in previous.items():
-                signal.signal(s, handler)
-            for sink in sinks:
-                sink.close()
         metrics_file = os.path.join(self.run_dir, "metrics.jsonl")
         if self.rt.process_index == 0:
             plot(metrics_file, os.path.join(self.run_dir, "metrics.png"))
@@ -461,17 +473,26 @@ def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
     stage(2, "config validated")
     experiment: Experiment = fdl.build(cfg)
     run_dir = experiment.run_dir
-    write_run_files(cfg, run_dir, argv)
     log.info("config:\n%s", printing.as_str_flattened(cfg))
-    stage(3, "config printed and saved to %s", run_dir)
-    trainer = Trainer(experiment, cfg)
+    if storage.is_remote(run_dir):
+        # One writer per object: process 0 writes them once the runtime knows it.
+        stage(3, "config printed; process 0 saves it to %s after start-up", run_dir)
+    else:
+        write_run_files(cfg, run_dir, argv)  # each host's own directory
+        stage(3, "config printed and saved to %s", run_dir)
+    trainer = Trainer(experiment, cfg, argv)
     from xlafw.checkpoint import CheckpointError
 
     try:
         trainer.setup()
     except CheckpointError as e:
         raise RunRefused(str(e)) from None
-    history = trainer.train()
+    try:
+        history = trainer.train()
+    except CheckpointError as e:
+        if trainer._stop_signal is not None:  # resume from the newest committed one
+            raise Preempted(f"{e}; a rerun resumes from the newest committed checkpoint") from None
+        raise TrainingStopped(f"{e}. The newest committed checkpoint is kept.") from None
     from xlafw import runtime
 
     summary = {
@@ -480,7 +501,8 @@ def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
         "compile_seconds": runtime.compile_seconds(),
         "final": dataclasses.asdict(history[-1]) if history else None,
     }
-    storage.write_text(storage.path(run_dir) / "summary.json", json.dumps(summary, indent=2))
+    if trainer.rt.process_index == 0 or not storage.is_remote(run_dir):
+        storage.write_text(storage.path(run_dir) / "summary.json", json.dumps(summary, indent=2))
     if trainer.preempted_at is not None:
         raise Preempted(
             f"stopped by a signal after step {trainer.preempted_at}, with its checkpoint "

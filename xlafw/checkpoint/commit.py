@@ -90,13 +90,17 @@ def list_files(directory: epath.Path) -> list[str]:
     return sorted(found)
 
 
-def write_marker(step_dir: epath.Path, step: int, required: list[str]) -> dict[str, FileDigest]:
+def write_marker(
+    step_dir: epath.Path, step: int, required: list[str], process_count: int
+) -> dict[str, FileDigest]:
     """Commits ``step_dir``: lists and digests its files, then writes the marker.
 
     Args:
       step_dir: the checkpoint directory every host has finished writing.
       step: its training step (recorded in the marker).
       required: files that must be present (every host's files, DCP's metadata).
+      process_count: how many processes wrote it (each host's data position
+        belongs to that split of the data).
 
     Returns:
       The digests written into the marker.
@@ -113,10 +117,16 @@ def write_marker(step_dir: epath.Path, step: int, required: list[str]) -> dict[s
     files = {name: digest(step_dir / name) for name in names}
     marker = {
         "step": step,
+        "process_count": process_count,
         "files": {name: dataclasses.asdict(d) for name, d in files.items()},
     }
     storage.write_text(step_dir / MARKER, json.dumps(marker, indent=1, sort_keys=True))
     return files
+
+
+def read_marker(step_dir: epath.Path) -> dict:
+    """The marker's JSON (``step``, ``process_count``, ``files``)."""
+    return json.loads((step_dir / MARKER).read_text())
 
 
 def committed_steps(directory: epath.Path) -> list[int]:
@@ -151,8 +161,7 @@ def verify(step_dir: epath.Path) -> str | None:
       CRC32C; otherwise the first problem found, for the warning.
     """
     try:
-        marker = json.loads((step_dir / MARKER).read_text())
-        files = marker["files"]
+        files = read_marker(step_dir)["files"]
         expected = {name: FileDigest(**d) for name, d in files.items()}
     except (ValueError, KeyError, TypeError) as e:
         return f"its {MARKER} marker is unreadable ({type(e).__name__}: {e})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 
@@ -41,6 +42,14 @@ class Hosts:
         """Returns once every process has called it (raises if one died)."""
         if self.count > 1:
             dist.barrier()
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (one small all-reduce per call)."""
+        if self.count == 1:
+            return flag
+        value = torch.tensor([int(flag)])
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
 
     def from_primary(self, value: Any) -> Any:
         """Process 0's ``value`` on every process (a small JSON-like object)."""

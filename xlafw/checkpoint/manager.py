@@ -38,13 +38,13 @@ import fiddle as fdl
 import torch
 import torch.distributed.checkpoint as dist_cp
 from etils import epath
-from fiddle.experimental import serialization
 from torch.distributed.checkpoint.api import CheckpointException
 
 from xlafw import storage
 from xlafw.checkpoint import commit, safe_load, saving
 from xlafw.checkpoint.coordination import Hosts
 from xlafw.checkpoint.host_state import HostState, capture_rng, host_file_name, restore_rng
+from xlafw.config.loading import load_config_json
 from xlafw.data.streams import StreamPosition
 from xlafw.diff import diff_configs
 from xlafw.experiment import Checkpointing
@@ -167,22 +167,28 @@ class CheckpointManager:
         """
         result: dict[str, Any] = {"step": None, "error": None}
         if self.hosts.primary:
-            damaged = []
+            damaged: dict[int, str] = {}
             for step in reversed(self.steps()):
                 problem = commit.verify(self.path(step))
                 if problem is None:
                     result["step"] = step
                     break
-                damaged.append(f"{self.path(step)}: {problem}")
+                damaged[step] = f"{self.path(step)}: {problem}"
                 log.warning(
                     "checkpoint %s is damaged (%s): trying an older one", self.path(step), problem
                 )
-            if result["step"] is None and damaged:
+            if result["step"] is not None:
+                for step in damaged:
+                    # Uncommitted, it no longer counts for keep_last (retention would
+                    # otherwise keep it and delete good ones); the next start removes it.
+                    log.warning("uncommitting damaged checkpoint %s", self.path(step))
+                    (self.path(step) / commit.MARKER).unlink()
+            elif damaged:
+                listing = "\n  ".join(damaged.values())
                 result["error"] = (
-                    "no checkpoint in "
-                    f"{self.directory} verifies:\n  " + "\n  ".join(damaged) + "\nFix: restore "
-                    "the files from a copy, delete the damaged step directories to start over, "
-                    "or use another trainer.run_dir."
+                    f"no checkpoint in {self.directory} verifies:\n  {listing}\nFix: restore "
+                    f"the files from a copy, delete the damaged step directories to start over, "
+                    f"or use another trainer.run_dir."
                 )
         result = self.hosts.from_primary(result)
         if result["error"]:
@@ -209,10 +215,26 @@ class CheckpointManager:
         step = self.newest_valid_step()
         if step is None:
             return None
+        written_by = commit.read_marker(self.path(step)).get("process_count", 1)
+        if written_by != self.hosts.count:
+            raise CheckpointError(
+                f"{self.path(step)} was written by {written_by} processes and this run has "
+                f"{self.hosts.count}: each host's data position belongs to the data split of "
+                f"the run that wrote it, so the data stream cannot resume exactly. Fix: resume "
+                f"with {written_by} processes (the same slice shape), or start a new "
+                f"trainer.run_dir from its weights."
+            )
         saved_json, saved_hash = self.saved_config(step)
         if saved_hash == config_hash:
             return step
-        changes = diff_configs(serialization.load_json(saved_json), config)
+        try:
+            saved = load_config_json(saved_json)
+        except Exception as e:  # a policy refusal or damage: either way not ours to load
+            raise CheckpointError(
+                f"cannot read the config saved with {self.path(step)}: {e}. Fix: resume only "
+                f"from checkpoints xlafw wrote, or use another trainer.run_dir."
+            ) from None
+        changes = diff_configs(saved, config)
         blocking = [str(c) for c in changes if not c.path.startswith(RESUMABLE_CHANGES)]
         if blocking and not self.settings.allow_config_change:
             raise CheckpointError(
@@ -266,7 +288,10 @@ class CheckpointManager:
                 )
             self._pending = self._executor.submit(self._write, *job)
         else:
-            self._write(*job)
+            try:
+                self._write(*job)
+            except (Exception, CheckpointException) as e:  # DCP's is a BaseException
+                raise CheckpointError(f"saving checkpoint step {step} failed: {e}") from e
         timing = SaveTiming(step=step, blocked_s=time.perf_counter() - start)
         self.timings.append(timing)
         return timing

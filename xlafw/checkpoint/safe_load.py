@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import io
 import pickle
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed.checkpoint as dist_cp
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+from xlafw import storage
 
 _DCP_CLASSES = {
     ("torch.distributed.checkpoint.metadata", name)
@@ -52,8 +54,16 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint file asks to import something a DCP metadata file never holds."""
 
 
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the globals DCP's metadata is made of; refuses the rest."""
+class RestrictedUnpickler(pickle._Unpickler):
+    """Resolves only the globals DCP's metadata is made of; refuses the rest.
+
+    It is the pure-Python unpickler, so that ``BUILD`` can be checked too: a
+    pickle may otherwise fetch an allowed class and ``BUILD`` it with a state
+    dict, which sets attributes on the class itself (``Metadata.x = set``) for
+    the whole process. Speed does not matter for a metadata file.
+    """
+
+    dispatch: ClassVar[dict] = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _DCP_CLASSES:
@@ -66,6 +76,19 @@ class RestrictedUnpickler(pickle.Unpickler):
             f"refusing to load {module}.{name}: a checkpoint's metadata may only hold "
             f"torch.distributed.checkpoint's metadata classes"
         )
+
+    def load_build(self) -> None:
+        target = self.stack[-2]
+        if isinstance(target, type) or not type(target).__module__.startswith(
+            ("torch.distributed.checkpoint", "pathlib", "collections", "builtins")
+        ):
+            raise UnsafeCheckpointError(
+                f"refusing to set the state of {target!r}: DCP's metadata only sets the "
+                f"fields of its own objects"
+            )
+        pickle._Unpickler.load_build(self)
+
+    dispatch[pickle.BUILD[0]] = load_build
 
 
 def load_metadata(stream: io.IOBase) -> Metadata:
@@ -101,7 +124,7 @@ class SafeFsspecReader(FsspecReader):
 
 def reader(path: str) -> dist_cp.FileSystemReader:
     """A safe DCP reader for a local path or an fsspec URL."""
-    return SafeFsspecReader(path) if "://" in path else SafeFileSystemReader(path)
+    return SafeFsspecReader(path) if storage.is_remote(path) else SafeFileSystemReader(path)
 
 
 def _load_bytes_weights_only(planner, read_item, value: io.BytesIO) -> None:

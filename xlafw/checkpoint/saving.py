@@ -100,7 +100,7 @@ def write_step(
         data_files = {info.relative_path for info in (metadata.storage_data or {}).values()}
         host_files = {host_file_name(i) for i in range(hosts.count)}
         required = sorted({".metadata", *data_files, *host_files, *shared_files})
-        commit.write_marker(step_dir, step, required)
+        commit.write_marker(step_dir, step, required, hosts.count)
         _fsync_directory(step_dir)
 
 
@@ -133,7 +133,7 @@ def _writer(path: str):
 
 
 def _fsync_directory(path: epath.Path) -> None:
-    """Makes a local directory's new entries (the marker's rename) durable."""
+    """Makes a local directory's new entries durable (the marker, written last)."""
     if storage.is_remote(path):
         return
     fd = os.open(str(path), os.O_RDONLY)

@@ -74,6 +74,36 @@ def apply_sets(cfg: fdl.Config, sets: Sequence[str], flag: str = "--fdl_set") ->
         raise ConfigError(problems)
 
 
+class ConfigFilePolicy(serialization.PyrefPolicy):
+    """What a config file may name: xlafw's and experiments' objects, Fiddle's, a few builtins.
+
+    A config file is data. Fiddle's JSON names the callables to rebuild and
+    imports them; without a policy a file (a run's ``config.json``, one saved
+    with a checkpoint, one passed with ``--fdl_config_file``) could name
+    ``os.system`` or import any installed module.
+    """
+
+    PACKAGES = ("xlafw", "experiments", "fiddle")
+    BUILTINS = frozenset({"tuple", "list", "dict", "set", "frozenset", "int", "float", "str"})
+
+    def allows_import(self, module: str, symbol: str) -> bool:
+        if module == "builtins":
+            return symbol in self.BUILTINS
+        return any(module == p or module.startswith(p + ".") for p in self.PACKAGES)
+
+    def allows_value(self, value: object) -> bool:
+        return True  # the import itself is what the policy restricts
+
+
+def load_config_json(text: str) -> fdl.Config:
+    """Parses Fiddle JSON, importing only what ``ConfigFilePolicy`` allows.
+
+    Raises:
+      serialization.PyrefPolicyError: when the JSON names anything else.
+    """
+    return serialization.load_json(text, pyref_policy=ConfigFilePolicy())
+
+
 def load_config_file(path: str) -> fdl.Config:
     """Loads a config saved as Fiddle JSON (a run's ``config.json``)."""
     from etils import epath
@@ -85,7 +115,12 @@ def load_config_file(path: str) -> fdl.Config:
             f"wrote into its run directory."
         )
     try:
-        return serialization.load_json(file.read_text())
+        return load_config_json(file.read_text())
+    except serialization.PyrefPolicyError as e:
+        raise ConfigError(
+            f"--fdl_config_file={path}: {e}. A config file may only name objects of xlafw, "
+            f"experiments and Fiddle. Fix: use a config.json xlafw wrote."
+        ) from None
     except Exception as e:
         raise ConfigError(f"--fdl_config_file={path}: not a Fiddle JSON config ({e}).") from None
 

@@ -87,6 +87,18 @@ def run_dir_problems(run_dir: str, hosts: int) -> list[str]:
     ]
 
 
+def checkpoint_dir_problems(checkpoint_dir: str) -> list[str]:
+    """``checkpoint.directory`` must be a bucket too: process 0 commits every host's files."""
+    if checkpoint_dir.startswith("gs://") and len(checkpoint_dir) > len("gs://"):
+        return []
+    return [
+        f"checkpoint.directory={checkpoint_dir}: checkpoints of a pod must go to a gs:// "
+        f"directory: process 0 commits a checkpoint only when it sees every host's files, and "
+        f"a pod's local disk is lost with it. Fix: leave it at '{{run_dir}}/checkpoints' or "
+        f"--fdl_set=checkpoint.directory=gs://BUCKET/PATH."
+    ]
+
+
 def host_batch_problems(cfg: fdl.Config, slice_: SliceType, num_slices: int) -> list[str]:
     """Each host must hold whole batch shards, and the global batch must split over hosts.
 

@@ -128,6 +128,8 @@ def prepare(request: PodRequest, build: Callable[[], fdl.Config]) -> Prepared:
     run_dir = str(cfg.trainer.run_dir).format(experiment=cfg.name).rstrip("/")
     hosts = slice_.hosts * request.num_slices if slice_ is not None else 0
     problems += checks.run_dir_problems(run_dir, hosts)
+    checkpoint_dir = str(cfg.checkpoint.directory).format(run_dir=run_dir)
+    problems += checks.checkpoint_dir_problems(checkpoint_dir)
     if slice_ is not None and request.num_slices >= 1:
         try:
             validate(cfg, target=request.target, num_slices=request.num_slices)
