@@ -6,7 +6,9 @@ from xlafw.data.collators import (
     PromptCompletion,
     Truncation,
 )
+from xlafw.data.heldout import Split
 from xlafw.data.mixture import Mixture
+from xlafw.data.overlap import sources_overlap
 from xlafw.data.pairs import ConsecutivePairs
 from xlafw.data.pipeline import DataPipeline, HostShard
 from xlafw.data.sft import SftPipeline
@@ -28,8 +30,10 @@ __all__ = [
     "PromptCompletion",
     "SentencePieceTokenizer",
     "SftPipeline",
+    "Split",
     "StreamPosition",
     "TextFiles",
     "Tokenizer",
     "Truncation",
+    "sources_overlap",
 ]

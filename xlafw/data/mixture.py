@@ -59,6 +59,15 @@ class Mixture:
                 "Fix: drop a source instead of giving it weight 0."
             )
 
+    def describe(self) -> str:
+        """One line for ``--dry_run``: each source with its token share."""
+        total = sum(self.weights)
+        parts = [
+            f"{w / total:.0%} {getattr(s, 'describe', s.__repr__)()}"
+            for s, w in zip(self.sources, self.weights, strict=True)
+        ]
+        return "mixture by tokens of " + "; ".join(parts)
+
     def documents(self, process_index: int, process_count: int) -> Iterator[str]:
         raise TypeError(
             "a Mixture is weighted by tokens, so it has no plain document stream; "

@@ -18,11 +18,15 @@ class ConsecutivePairs:
     """``{"prompt": document i, "completion": document i + 1}`` records.
 
     Attributes:
-      source: the documents, in order (leave its shuffle buffer at 0, or the
-        pairs are unrelated).
+      source: the documents, in order (leave its shuffle buffer at 0 and its
+        split at ``all``, or the pairs are unrelated).
     """
 
     source: TextFiles
+
+    def describe(self) -> str:
+        """One line for ``--dry_run``."""
+        return f"prompt/completion pairs of consecutive documents of {self.source.describe()}"
 
     def records(self, process_index: int, process_count: int) -> Iterator[dict[str, str]]:
         """Yields this host's pairs once; hosts pair within their own documents."""
