@@ -46,7 +46,7 @@ def run_xlafw(steps: int, dtype: str) -> dict:
             text=True,
         )
         with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-            rows = [json.loads(line) for line in f]
+            rows = [r for r in map(json.loads, f) if "loss" in r]
         with open(os.path.join(run_dir, "summary.json")) as f:
             summary = json.load(f)
     return {

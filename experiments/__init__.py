@@ -6,7 +6,7 @@ These modules must not import torch_xla: resolving, overriding and validating
 a config never starts an XLA runtime.
 """
 
-from experiments.fiddlers import bfloat16, quick, splash_attention
+from experiments.fiddlers import bfloat16, mixed_precision, quick, splash_attention
 from experiments.llama import (
     llama_8b,
     llama_8b_fsdp_tp,
@@ -28,6 +28,6 @@ EXPERIMENTS = (
     llama_70b,
     llama_405b,
 )
-FIDDLERS = (bfloat16, quick, splash_attention)
+FIDDLERS = (bfloat16, mixed_precision, quick, splash_attention)
 
 __all__ = [f.__name__ for f in (*EXPERIMENTS, *FIDDLERS)] + ["EXPERIMENTS", "FIDDLERS"]

@@ -25,7 +25,13 @@ from xlafw.data import (
     SftPipeline,
     TextFiles,
 )
-from xlafw.experiment import Checkpointing, Experiment, MetricsSettings, TrainerSettings
+from xlafw.experiment import (
+    Checkpointing,
+    Evaluation,
+    Experiment,
+    MetricsSettings,
+    TrainerSettings,
+)
 from xlafw.models import Llama3RopeScaling, LlamaConfig, LlamaForCausalLM
 from xlafw.optim import AdamW, WarmupCosine
 from xlafw.parallel import AxisSizes, Mesh, RematPolicy, ShardingRules
@@ -70,6 +76,7 @@ def _experiment(model: fdl.Partial, data: fdl.Partial) -> fdl.Config[Experiment]
         trainer=fdl.Config(TrainerSettings),
         checkpoint=fdl.Config(Checkpointing),
         metrics=fdl.Config(MetricsSettings),
+        eval=fdl.Config(Evaluation),
     )
 
 
@@ -86,12 +93,24 @@ def llama_tiny() -> fdl.Config[Experiment]:
     )
     data = fdl.Partial(
         DataPipeline,
-        source=fdl.Config(TextFiles, paths=(SHAKESPEARE_TEXTS,), shuffle_buffer=10_000),
+        source=fdl.Config(
+            TextFiles, paths=(SHAKESPEARE_TEXTS,), shuffle_buffer=10_000, split="train"
+        ),
         tokenizer=fdl.Config(SentencePieceTokenizer),
         seq_len=256,
         global_batch_size=8,
     )
     cfg = _experiment(model, data)
+    # Validation loss on the held-out 3% of Shakespeare's paragraphs (by a hash of
+    # each paragraph: disjoint from the training split by construction).
+    heldout = fdl.Partial(
+        DataPipeline,
+        source=fdl.Config(TextFiles, paths=(SHAKESPEARE_TEXTS,), split="heldout"),
+        tokenizer=fdl.Config(SentencePieceTokenizer),
+        seq_len=256,
+        global_batch_size=8,
+    )
+    cfg.eval = fdl.Config(Evaluation, data=heldout, every_steps=50, steps=4)
     cfg.sharding = _rules(LLAMA_FSDP)  # used when CPU_NUM_DEVICES > 1: FSDP over all
     cfg.optimizer.lr = 3e-3
     cfg.lr_schedule.warmup_steps = 15
@@ -111,6 +130,10 @@ def llama_tiny_smoke() -> fdl.Config[Experiment]:
     cfg.model.config.num_key_value_heads = 2
     cfg.data.seq_len = 64
     cfg.data.global_batch_size = 4
+    cfg.eval.data.seq_len = 64
+    cfg.eval.data.global_batch_size = 4
+    cfg.eval.every_steps = 10
+    cfg.eval.steps = 2
     cfg.lr_schedule.warmup_steps = 5
     cfg.trainer.max_steps = 20
     cfg.trainer.log_every = 5
@@ -135,6 +158,7 @@ def llama_tiny_sft() -> fdl.Config[Experiment]:
     )
     cfg.optimizer.lr = 1e-3
     cfg.trainer.max_steps = 100
+    cfg.eval = fdl.Config(Evaluation)  # llama_tiny's held-out text overlaps these replies
     return cfg
 
 

@@ -15,6 +15,7 @@ remat           ``RematPolicy``                             the model
 optimizer       ``(params, schedule=...) -> Optimizer``     parameters, schedule
 lr_schedule     ``(total_steps=...) -> schedule``           ``trainer.max_steps``
 data            ``(host=...) -> pipeline``                  this host's data split
+eval.data       ``(host=...) -> pipeline``                  this host's data split
 trainer         ``TrainerSettings``                         --
 ==============  ==========================================  =====================
 """
@@ -165,6 +166,25 @@ class Checkpointing:
 
 
 @dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Validation loss during training.
+
+    Attributes:
+      data: builds this host's eval pipeline from a ``HostShard``, like
+        ``Experiment.data``; it must read data the training pipeline never
+        sees (e.g. ``TextFiles(split="heldout")`` beside ``split="train"``).
+        None: no eval data.
+      every_steps: evaluate after every this many training steps; 0 disables.
+      steps: eval batches per evaluation. They are read once and reused, so
+        every evaluation, in this run or a resumed one, scores the same tokens.
+    """
+
+    data: Callable[..., BatchPipeline] | None = None
+    every_steps: int = 0
+    steps: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     """Everything one training run needs, as builders.
 
@@ -179,6 +199,7 @@ class Experiment:
       trainer: loop length, logging, seed, dtype, clipping, run directory.
       checkpoint: checkpoint cadence, retention and resume policy.
       metrics: wandb, profiling, recompilation alarm, MFU peak.
+      eval: validation loss on held-out data during training.
       name: the experiment's name; set by the resolver to the function name.
     """
 
@@ -192,6 +213,7 @@ class Experiment:
     trainer: TrainerSettings = TrainerSettings()
     checkpoint: Checkpointing = Checkpointing()
     metrics: MetricsSettings = MetricsSettings()
+    eval: Evaluation = Evaluation()
     name: str = "experiment"
 
     @property

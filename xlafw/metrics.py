@@ -184,7 +184,9 @@ class WandbSink:
         )
 
     def __call__(self, metrics: StepMetrics) -> None:
-        values = {f"train/{k}": v for k, v in dataclasses.asdict(metrics).items() if v is not None}
+        prefix = getattr(metrics, "wandb_prefix", "train")  # eval records: "eval"
+        fields = dataclasses.asdict(metrics).items()
+        values = {f"{prefix}/{k}": v for k, v in fields if v is not None}
         self.run.log(values, step=metrics.step)
 
     def flush(self) -> None:
@@ -280,6 +282,15 @@ class StepLogger:
                 f"loss is {metrics.loss} at step {step}; stopping. Lower the learning "
                 f"rate or check the data."
             )
+
+    def on_eval(self, metrics) -> None:
+        """Logs an evaluation (``EvalMetrics``) and keeps its time out of the throughput."""
+        log.info(metrics.human())
+        for sink in self.sinks:
+            sink(metrics)
+        if self._last is not None:
+            last_step, last_time = self._last
+            self._last = (last_step, last_time + metrics.eval_time_s)
 
 
 def make_sinks(
@@ -409,12 +420,17 @@ def plot(jsonl_path: str, png_path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in storage.path(jsonl_path).read_text().splitlines()]
+    records = [json.loads(line) for line in storage.path(jsonl_path).read_text().splitlines()]
+    rows = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r]
     if not rows:
         return
     steps = [r["step"] for r in rows]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    top.plot(steps, [r["loss"] for r in rows])
+    top.plot(steps, [r["loss"] for r in rows], label="train")
+    if evals:
+        top.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval")
+        top.legend()
     top.set_ylabel("loss")
     top.grid(alpha=0.3)
     bottom.plot(steps, [r["tokens_per_s"] for r in rows])

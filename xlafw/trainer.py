@@ -115,6 +115,7 @@ class Trainer:
         self.settings = experiment.trainer
         self.start_step = 0
         self.preempted_at: int | None = None
+        self._evaluated = False
         self._stop_signal: int | None = None
 
     def setup(self) -> None:
@@ -205,6 +206,18 @@ class Trainer:
         # The loader's thread starts now: the first batches are read, tokenized and
         # copied while the initialization graph below (if any) runs and step 1 traces.
         self.batches = DeviceLoader(self.data, self.rt.device, self.input_sharding)
+        self.evaluator = None
+        if exp.eval.every_steps and exp.eval.data is not None:
+            from xlafw.evaluation import Evaluator
+
+            self.evaluator = Evaluator(
+                self.model,
+                lambda: exp.eval.data(host=sharded.data_shard),
+                exp.eval.steps,
+                self.rt.device,
+                self.input_sharding,
+                self._autocast,
+            )
         torch_xla.sync()  # materialize the initialized, sharded parameters and state
         if resume_step is None:
             resumed = f"no checkpoint in {self.checkpoints.directory}: starting at step 1"
@@ -429,6 +442,9 @@ class Trainer:
                 if step > self.start_step + 2 and now_compiled > compiles:
                     self._on_recompile(step, shapes, new_shapes)
                 compiles, shapes = now_compiled, new_shapes
+                if self.evaluator and step % self.experiment.eval.every_steps == 0:
+                    self._evaluate(step, logger)
+                    compiles = runtime.compile_count()  # the eval graph is not the step's
                 if scheduled_save or stopping:
                     self._save(step)
                     for sink in sinks:  # the metrics of the steps a resume will not rerun
@@ -445,6 +461,19 @@ class Trainer:
             plot(metrics_file, os.path.join(self.run_dir, "metrics.png"))
         log.info("training finished at step %d of %d", step, settings.max_steps)
         return logger.history
+
+    def _evaluate(self, step: int, logger: StepLogger) -> None:
+        """Runs one evaluation; after the first, its graph must already be compiled."""
+        from xlafw import runtime
+
+        warm, before = self._evaluated, runtime.compile_count()
+        logger.on_eval(self.evaluator.run(step))
+        self._evaluated = True
+        if warm and runtime.compile_count() > before:
+            message = f"XLA recompiled the eval graph at step {step}, after its warm-up"
+            if self.experiment.metrics.on_recompile == "error":
+                raise TrainingStopped(message + " (metrics.on_recompile=error)")
+            log.warning(message)
 
     def _on_recompile(self, step: int, before: dict | None, after: dict) -> None:
         cause = (

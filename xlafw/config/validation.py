@@ -127,6 +127,49 @@ def _trainer_checks(cfg: fdl.Config) -> Iterator[str]:
         yield from _hf_checkpoint_checks(cfg, hf_dir)
 
 
+def _source_checks(cfg: fdl.Config) -> Iterator[str]:
+    """The data sources' own settings (hub names, held-out split), read without any data."""
+    sources = [("data.source", cfg.data.source)]
+    if cfg.eval.every_steps and cfg.eval.data is not None:
+        sources.append(("eval.data.source", cfg.eval.data.source))
+    for path, source in sources:
+        try:
+            built = fdl.build(source)
+        except (TypeError, ValueError) as e:
+            yield f"{path}: {e}"
+            continue
+        if hasattr(built, "problems"):
+            yield from built.problems(path)
+
+
+def _eval_checks(cfg: fdl.Config) -> Iterator[str]:
+    """Eval settings, and eval data that cannot share a document with the training data."""
+    evaluation = cfg.eval
+    every, steps = evaluation.every_steps, evaluation.steps
+    if not isinstance(every, int) or every < 0:
+        yield f"eval.every_steps={every} must be an integer >= 0 (0 disables evaluation)."
+        return
+    if not isinstance(steps, int) or steps < 1:
+        yield f"eval.steps={steps} must be an integer >= 1 (batches per evaluation)."
+    if not every:
+        return
+    if evaluation.data is None:
+        yield (
+            f"eval.every_steps={every} but eval.data is not set. Fix: configure eval.data "
+            f"(a pipeline over held-out data, as llama_tiny does) or set eval.every_steps=0."
+        )
+        return
+    from xlafw.data.overlap import sources_overlap
+
+    try:
+        reason = sources_overlap(fdl.build(cfg.data.source), fdl.build(evaluation.data.source))
+    except (AttributeError, TypeError, ValueError) as e:
+        yield f"eval.data.source: cannot be compared with data.source ({e})."
+        return
+    if reason:
+        yield f"eval.data.source overlaps the training data: {reason}"
+
+
 def _hf_checkpoint_checks(cfg: fdl.Config, directory: str) -> Iterator[str]:
     """The Hugging Face directory exists and describes the configured model."""
     import json
@@ -191,6 +234,15 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None, on_tpu: bool) -> Iter
             f"micro-batch must split evenly over the devices. Fix: use a multiple of "
             f"{accum * batch_ways}, or fewer accumulation steps."
         )
+    evaluation = cfg.eval
+    if evaluation.every_steps and evaluation.data is not None:
+        eval_batch = evaluation.data.global_batch_size
+        if eval_batch % batch_ways:
+            yield (
+                f"eval.data.global_batch_size={eval_batch} is not divisible by the "
+                f"data-parallel ways (data x fsdp = {batch_ways}). Fix: use a multiple of "
+                f"{batch_ways}."
+            )
     if math.prod(mesh.dcn.as_tuple()) > 1 and not on_tpu:
         yield (
             f"mesh.dcn={mesh.dcn.as_tuple()} spans several slices, which needs a multi-slice "
@@ -405,6 +457,8 @@ def validate(
     model = meta_model(cfg)
     checks = [
         _trainer_checks(cfg),
+        _eval_checks(cfg),
+        _source_checks(cfg),
         _model_checks(cfg),
         _mesh_checks(cfg, devices.count, _on_tpu(target, purpose)),
         _slice_checks(cfg, target, num_slices),
