@@ -72,6 +72,7 @@ python-path: $(READY)
 
 train: $(READY)
 	$(PY) -m xlafw.main --fdl_config=experiments.llama_tiny $(ARGS)
+	$(PY) -m xlafw.sample --run_dir=runs/llama_tiny --prompt="ROMEO:" --max_new_tokens=48
 
 test: $(READY) $(XPK_READY)
 	$(PY) -m pytest $(ARGS)
