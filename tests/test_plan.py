@@ -68,7 +68,8 @@ def test_mixed_precision_keeps_fp32_state_and_bf16_activations():
     )
     assert mixed.memory.parameters == 2 * pure.memory.parameters
     assert mixed.memory.optimizer_state == 2 * pure.memory.optimizer_state
-    assert mixed.memory.activations == pure.memory.activations
+    # The residual stream stays float32 under autocast; the matmul outputs are bf16.
+    assert pure.memory.activations < mixed.memory.activations < 2 * pure.memory.activations
     assert "mixed precision" in mixed.dtype and pure.dtype == "bfloat16"
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
+import shutil
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 from conftest import ROOT, SMALL_MODEL
@@ -30,14 +29,26 @@ def _train(xlafw_cli, run_dir, *flags, env=None):
     return _records(run_dir)
 
 
+WITH_EVAL = (
+    "--fdl.trainer.max_steps=30",
+    "--fdl.metrics.on_recompile=error",
+    "--fdl.checkpoint.every_steps=10",
+    "--fdl.checkpoint.keep_last=3",
+)
+
+
 @pytest.fixture(scope="module")
-def with_eval(tmp_path_factory):
-    """30 smoke steps evaluating every 10 (2 held-out batches), recompilation an error."""
+def eval_run(tmp_path_factory):
+    """30 smoke steps evaluating every 10 (2 held-out batches), checkpoints at 10, 20, 30."""
     from conftest import run_xlafw
 
     run_dir = tmp_path_factory.mktemp("with_eval")
-    flags = ("--fdl.trainer.max_steps=30", "--fdl.metrics.on_recompile=error")
-    return _train(run_xlafw, run_dir, *flags)
+    return run_dir, _train(run_xlafw, run_dir, *WITH_EVAL)
+
+
+@pytest.fixture(scope="module")
+def with_eval(eval_run):
+    return eval_run[1]
 
 
 def test_eval_is_logged_at_its_cadence_with_its_perplexity(with_eval):
@@ -60,28 +71,17 @@ def test_eval_leaves_the_training_losses_bit_identical(xlafw_cli, tmp_path, with
     assert steps[-1]["compiles"] == plain[-1]["compiles"] + 1
 
 
-def test_eval_losses_are_identical_after_a_preemption_and_resume(tmp_path, with_eval):
-    _, straight = with_eval
-    args = [
-        sys.executable,
-        "-m",
-        "xlafw.main",
-        *SMOKE,
-        "--fdl.trainer.max_steps=30",
-        "--fdl.checkpoint.every_steps=0",
-        f"--fdl.trainer.run_dir={tmp_path}",
-    ]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = tmp_path / "metrics.jsonl"
-    while proc.poll() is None and not (metrics.exists() and '"eval_loss"' in metrics.read_text()):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)  # after the step-10 evaluation: checkpoint, exit 42
-    assert proc.wait(timeout=300) == 42
-    finished = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    _, evals = _records(tmp_path)
-    by_step = {e["step"]: e["eval_loss"] for e in evals}  # the resumed run's, where repeated
-    assert by_step == {e["step"]: e["eval_loss"] for e in straight}
+def test_eval_losses_are_identical_after_a_resume(xlafw_cli, eval_run):
+    run_dir, (_, straight) = eval_run
+    for step in (20, 30):  # as if the run had stopped after its step-10 checkpoint
+        shutil.rmtree(run_dir / "checkpoints" / f"step_{step:08d}")
+    proc = xlafw_cli(*SMOKE, f"--fdl.trainer.run_dir={run_dir}", *WITH_EVAL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "step_00000010 (step 10" in proc.stdout
+    _, evals = _records(run_dir)
+    resumed = evals[len(straight) :]
+    assert [e["step"] for e in resumed] == [20, 30]
+    assert [e["eval_loss"] for e in resumed] == [e["eval_loss"] for e in straight[1:]]
 
 
 def _relative_gaps(a: list[dict], b: list[dict]) -> list[float]:
@@ -113,12 +113,22 @@ def test_four_accumulated_micro_batches_match_the_whole_batch(xlafw_cli, tmp_pat
     assert runs[4][-1]["compiles"] == runs[4][1]["compiles"]
 
 
-def test_accumulation_on_a_4x2_mesh_matches_the_whole_batch(xlafw_cli, tmp_path):
+@pytest.mark.parametrize(
+    "experiment, batch, width",
+    [
+        ("llama_tiny_spmd", 16, 172),  # fsdp 4 x tensor 2: 4 micro-batches of 4 rows
+        ("llama_tiny_sft", 32, 176),  # fsdp 8, SFT masks: micro-batches hold unequal targets
+    ],
+)
+def test_accumulation_on_8_devices_matches_the_whole_batch(
+    xlafw_cli, tmp_path, experiment, batch, width
+):
     common = (
-        "--fdl_config=llama_tiny_spmd",
+        f"--fdl_config={experiment}",
         *SMALL_MODEL,
+        f"--fdl.model.config.intermediate_size={width}",  # divisible by the fsdp ways
         "--fdl.data.seq_len=64",
-        "--fdl.data.global_batch_size=16",  # 4 micro-batches of 4 rows, one per fsdp shard
+        f"--fdl.data.global_batch_size={batch}",
         "--fdl.trainer.max_steps=20",
         "--fdl.trainer.log_every=1",
         "--fdl.eval.every_steps=0",
@@ -160,6 +170,11 @@ MIXED_PRECISION = textwrap.dedent(
     trainer = Trainer(fdl.build(cfg), cfg)
     trainer.setup()
     batch = {k: v.to(trainer.rt.device) for k, v in next(iter(trainer.data)).items()}
+    with trainer._autocast():
+        out = trainer.model(**batch)
+    out.loss.backward()
+    print("GRADS", sorted({str(p.grad.dtype) for p in trainer.model.parameters()}))
+    trainer.optimizer.zero_grad(set_to_none=True)
     loss, _ = trainer.train_step(batch)
     hlo = torch_xla._XLAC._get_xla_tensors_hlo([loss])
     lines = [line for line in hlo.splitlines() if " dot(" in line]
@@ -184,9 +199,10 @@ def test_mixed_precision_keeps_fp32_weights_and_state_and_runs_bf16_matmuls(tmp_
         env=os.environ,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    keys = ("DOT_OPERANDS", "PARAMS", "STATE")
+    keys = ("DOT_OPERANDS", "PARAMS", "STATE", "GRADS")
     out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(keys))
     assert out["PARAMS"] == "['torch.float32']"
     assert out["STATE"] == "['torch.float32']"
+    assert out["GRADS"] == "['torch.float32']"
     operands, count = out["DOT_OPERANDS"].rsplit(" ", 1)
     assert operands == "['bf16']" and int(count) >= 2 * 7  # every layer's matmuls

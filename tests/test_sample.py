@@ -16,15 +16,18 @@ import shutil
 import subprocess
 import sys
 
+import fiddle as fdl
 import pytest
 import torch
 import torch_xla
 import transformers
 from conftest import ROOT, run_xlafw
+from fiddle.experimental import serialization
 
 from xlafw.models import LlamaConfig, LlamaForCausalLM
 from xlafw.models.hf_io import save_hf_weights
 from xlafw.sample import SamplingSettings, from_hf_dir, from_run_dir, generate
+from xlafw.sample.load import SampleError
 
 TINY = LlamaConfig(
     vocab_size=256,
@@ -191,6 +194,15 @@ def test_a_bad_source_or_flag_exits_2_with_one_line_naming_it(trained_run, expor
         assert process.returncode == 2, (named, stderr)
         assert named in stderr and len(stderr.strip().splitlines()) == 1, (named, stderr)
         assert "Traceback" not in stderr and stdout == "", (named, stderr)
+
+
+def test_a_run_config_naming_code_outside_xlafw_is_refused_without_running_it(tmp_path):
+    sentinel = tmp_path / "code_ran"
+    planted = fdl.Config(subprocess.run, ["touch", str(sentinel)])
+    (tmp_path / "config.json").write_text(serialization.dump_json(planted))
+    with pytest.raises(SampleError, match="not a Fiddle JSON config xlafw wrote"):
+        from_run_dir(str(tmp_path))
+    assert not sentinel.exists()
 
 
 def test_the_sampler_never_writes_into_the_run_directory(trained_run):

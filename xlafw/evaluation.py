@@ -88,6 +88,14 @@ class Evaluator:
         self.autocast = autocast
         self._on_device: list[dict[str, torch.Tensor]] | None = None
 
+    def prepare(self) -> None:
+        """Reads the eval batches and puts them on the devices.
+
+        The trainer calls it at start-up, so a broken eval pipeline fails before
+        the first step rather than at the first evaluation.
+        """
+        self._batches()
+
     def _batches(self) -> list[dict[str, torch.Tensor]]:
         if self._on_device is None:
             import torch_xla.core.xla_model as xm
@@ -120,6 +128,7 @@ class Evaluator:
             totals["loss"] = sum(loss.item() for loss, _ in parts)
             totals["tokens"] = sum(int(n.item()) for _, n in parts)
 
+        self.model.eval()
         with torch.no_grad():
             for i, batch in enumerate(batches):
                 with torch_xla.compile(name="eval_step"), self.autocast():
@@ -127,6 +136,7 @@ class Evaluator:
                     parts.append((out.loss_sum.detach(), out.num_target_tokens))
                     if i == len(batches) - 1:
                         xm.add_step_closure(read, run_async=False)
+        self.model.train()
         tokens = int(totals.get("tokens", 0))
         loss = totals["loss"] / max(tokens, 1) if tokens else math.nan
         return EvalMetrics(

@@ -218,6 +218,7 @@ class Trainer:
                 self.input_sharding,
                 self._autocast,
             )
+            self.evaluator.prepare()
         torch_xla.sync()  # materialize the initialized, sharded parameters and state
         if resume_step is None:
             resumed = f"no checkpoint in {self.checkpoints.directory}: starting at step 1"
@@ -273,26 +274,29 @@ class Trainer:
         target tokens, so the gradient (and the logged loss) equals the
         unaccumulated step's, SFT masks included.
         """
-        from xlafw.models.llama import IGNORE_INDEX
         from xlafw.optim import clip_grad_norm
 
         # Pipelines yield exactly the model's inputs: input_ids and labels, plus
         # segment_ids/position_ids (packed documents) or attention_mask (SFT pads).
         accum = self.settings.grad_accum_steps
-        with self._autocast():
-            if accum == 1:
-                out = self.model(**batch)
-                out.loss.backward()
-                loss, target_tokens = out.loss, out.num_target_tokens
-            else:
-                target_tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-                denominator = target_tokens.clamp(min=1).float()
-                loss = torch.zeros((), device=target_tokens.device)
-                for j in range(accum):
-                    micro = {k: v.view(-1, accum, *v.shape[1:])[:, j] for k, v in batch.items()}
-                    part = self.model(**micro).loss_sum / denominator
-                    part.backward()
-                    loss = loss + part.detach()
+        if accum == 1:
+            micro_batches = [batch]
+        else:
+            target_tokens = self.model.count_targets(batch["labels"])
+            denominator = target_tokens.clamp(min=1).float()
+            micro_batches = [
+                {k: v.view(-1, accum, *v.shape[1:])[:, j] for k, v in batch.items()}
+                for j in range(accum)
+            ]
+        loss = None
+        for micro in micro_batches:
+            with self._autocast():  # the forward only: backward runs in the forward's dtypes
+                out = self.model(**micro)
+            part = out.loss if accum == 1 else out.loss_sum / denominator
+            part.backward()
+            loss = part.detach() if loss is None else loss + part.detach()
+        if accum == 1:
+            target_tokens = out.num_target_tokens
         grad_norm = clip_grad_norm(self.params, self.settings.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -442,7 +446,10 @@ class Trainer:
                 if step > self.start_step + 2 and now_compiled > compiles:
                     self._on_recompile(step, shapes, new_shapes)
                 compiles, shapes = now_compiled, new_shapes
-                if self.evaluator and step % self.experiment.eval.every_steps == 0:
+                # Not when stopping: the preemption checkpoint comes first (xpk
+                # allows 30 s between SIGTERM and SIGKILL).
+                eval_due = self.evaluator and step % self.experiment.eval.every_steps == 0
+                if eval_due and not stopping:
                     self._evaluate(step, logger)
                     compiles = runtime.compile_count()  # the eval graph is not the step's
                 if scheduled_save or stopping:

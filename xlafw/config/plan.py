@@ -6,7 +6,9 @@ and applies the config's mesh and sharding rules arithmetically. It is what
 device memory. Never imports torch_xla.
 
 Memory per device (parameters, gradients and AdamW state in ``trainer.param_dtype``;
-activations in ``trainer.compute_dtype``, for one micro-batch):
+activations of one micro-batch: matmul outputs in ``trainer.compute_dtype``, the
+residual stream in ``param_dtype``, since under mixed precision only the matmuls are
+autocast and the layer inputs, residual adds and norms stay float32):
 
 * parameters: each tensor's elements divided by the ways its spec splits it
   (``sharding.ways`` per dimension; no rule or ``()`` means replicated).
@@ -17,15 +19,16 @@ activations in ``trainer.compute_dtype``, for one micro-batch):
   (the tensor-parallel rules split the hidden dimension):
 
   - one decoder layer keeps ``4h + 2q + 2kv + 4i`` elements per token for its
-    backward (layer input, both norm outputs, the residual after attention,
-    query and attention output, key and value, gate, up, silu(gate), their
-    product), with ``q`` = heads x head_dim and ``kv`` = kv heads x head_dim.
+    backward: ``4h`` of residual stream (layer input, both norm outputs, the
+    residual after attention) and ``2q + 2kv + 4i`` of matmul outputs (query
+    and attention output, key and value, gate, up, silu(gate), their product),
+    with ``q`` = heads x head_dim and ``kv`` = kv heads x head_dim.
     The reference attention kernel also keeps ``heads * seq_len`` scores
     (float32) and probabilities (compute dtype) per token.
   - without remat every layer keeps all of that; with ``LlamaDecoderLayer``
     in ``remat.checkpoint_modules`` a layer keeps only its input (``h`` per
     token) and one layer's full set is live again while it is recomputed.
-  - the head keeps the final norm's input and output (``2h``), the logits in
+  - the head keeps the final norm's input and output (``2h``, residual), the logits in
     the compute dtype and their float32 copy for the loss (``vocab`` each).
 
   This ignores XLA's temporaries and fusion, so treat it as a floor with
@@ -206,19 +209,20 @@ def activation_bytes(cfg: fdl.Config, axes: Mapping[str, int]) -> int:
     head_dim = model.head_dim or h // model.num_attention_heads
     q, kv = model.num_attention_heads * head_dim, model.num_key_value_heads * head_dim
     seq, size = cfg.data.seq_len, DTYPE_BYTES[compute_dtype(cfg)]
+    residual = DTYPE_BYTES[cfg.trainer.param_dtype]
     batch_ways = axes["data"] * axes["fsdp"] * axes["context"]
     # Gradient accumulation keeps one micro-batch's activations alive at a time.
     micro_batch = cfg.data.global_batch_size / max(1, cfg.trainer.grad_accum_steps)
     tokens = micro_batch * seq / batch_ways
     tensor = axes["tensor"]
     scores = model.num_attention_heads * seq * (4 + size)
-    per_layer = ((4 * h + 2 * q + 2 * kv + 4 * i) * size + scores) / tensor
+    per_layer = (4 * h * residual + (2 * q + 2 * kv + 4 * i) * size + scores) / tensor
     layers = model.num_hidden_layers
     if REMAT_LAYER in cfg.remat.checkpoint_modules:
-        kept = layers * h * size / tensor + per_layer
+        kept = layers * h * residual / tensor + per_layer
     else:
         kept = layers * per_layer
-    head = 2 * h * size + vocab * (size + 4)
+    head = 2 * h * residual + vocab * (size + 4)
     return int(tokens * (kept + head))
 
 

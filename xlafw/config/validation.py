@@ -113,6 +113,13 @@ def _trainer_checks(cfg: fdl.Config) -> Iterator[str]:
         yield f"data.seq_len={cfg.data.seq_len} must be >= 2 (one input, one target)."
     if cfg.data.global_batch_size < 1:
         yield f"data.global_batch_size={cfg.data.global_batch_size} must be >= 1."
+    if trainer.param_dtype == "bfloat16" and trainer.compute_dtype == "float32":
+        yield (
+            "trainer.compute_dtype=float32 with trainer.param_dtype=bfloat16: XLA's autocast "
+            "only lowers precision, so the run would silently be pure bfloat16. Fix: "
+            "trainer.param_dtype=float32 with compute_dtype=bfloat16 (mixed precision), or "
+            "compute_dtype=None."
+        )
     accum = trainer.grad_accum_steps
     if not isinstance(accum, int) or accum < 1:
         yield f"trainer.grad_accum_steps={accum} must be an integer >= 1 (1: no accumulation)."

@@ -205,6 +205,11 @@ class LlamaForCausalLM(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
 
+    @staticmethod
+    def count_targets(labels: torch.Tensor) -> torch.Tensor:
+        """Tokens the loss is taken over: labels shifted by one, -100 excluded."""
+        return (labels[:, 1:] != IGNORE_INDEX).sum()
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -241,7 +246,7 @@ class LlamaForCausalLM(nn.Module):
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
-        num_targets = (targets != IGNORE_INDEX).sum()
+        num_targets = self.count_targets(labels)
         loss = loss_sum / num_targets.clamp(min=1)
         return CausalLMOutput(
             loss=loss, logits=None, num_target_tokens=num_targets, loss_sum=loss_sum

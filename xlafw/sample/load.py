@@ -22,8 +22,8 @@ import os
 import fiddle as fdl
 import torch
 from etils import epath
-from fiddle.experimental import serialization
 
+from xlafw.config.loading import load_config_json
 from xlafw.data.tokenizers import HuggingFaceTokenizer, SentencePieceTokenizer, Tokenizer
 from xlafw.experiment import Experiment
 from xlafw.models.llama import LlamaForCausalLM
@@ -106,9 +106,9 @@ def _run_config(run_dir: str) -> fdl.Config[Experiment]:
             f"checkpoints/)."
         )
     try:
-        return serialization.load_json(config_file.read_text())
+        return load_config_json(config_file.read_text())  # imports only xlafw's own names
     except Exception as e:
-        raise SampleError(f"{config_file}: not a Fiddle JSON config ({e}).") from None
+        raise SampleError(f"{config_file}: not a Fiddle JSON config xlafw wrote ({e}).") from None
 
 
 def _checkpoint_step(manager, run_dir: str, step: int | None) -> int:
