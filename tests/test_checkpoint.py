@@ -21,6 +21,7 @@ BASE = (
     "--fdl_config=llama_tiny_smoke",
     "--fdl.trainer.log_every=1",
     "--fdl.checkpoint.every_steps=4",
+    "--fdl.eval.every_steps=0",  # one graph per run; eval across resumes: test_run_features
 )
 
 
