@@ -67,7 +67,7 @@ class CheckpointError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class SaveTiming:
-    """How long one save held the step loop, and how long it took in all.
+    """How long one save held the step loop.
 
     Attributes:
       step: the checkpoint's step.
@@ -108,7 +108,6 @@ class CheckpointManager:
         self.async_save = async_save
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._pending: concurrent.futures.Future | None = None
-        self.timings: list[SaveTiming] = []
 
     # -- start-up ---------------------------------------------------------------
 
@@ -292,9 +291,7 @@ class CheckpointManager:
                 self._write(*job)
             except (Exception, CheckpointException) as e:  # DCP's is a BaseException
                 raise CheckpointError(f"saving checkpoint step {step} failed: {e}") from e
-        timing = SaveTiming(step=step, blocked_s=time.perf_counter() - start)
-        self.timings.append(timing)
-        return timing
+        return SaveTiming(step=step, blocked_s=time.perf_counter() - start)
 
     def wait(self) -> None:
         """Blocks until the save in flight (if any) is committed.

@@ -71,13 +71,17 @@ def parse_env(items: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return env, problems
 
 
+def _in_bucket(directory: str) -> bool:
+    return directory.startswith("gs://") and len(directory) > len("gs://")
+
+
 def run_dir_problems(run_dir: str, hosts: int) -> list[str]:
     """``trainer.run_dir`` must be a bucket every pod can read and write.
 
     The pods read ``config.json`` from it, and a directory on a pod's own disk
     is lost with the pod (and, on several hosts, each host would see another).
     """
-    if run_dir.startswith("gs://") and len(run_dir) > len("gs://"):
+    if _in_bucket(run_dir):
         return []
     hosts_text = f"{hosts} hosts" if hosts > 1 else "a pod"  # 0: the slice is unknown
     return [
@@ -89,7 +93,7 @@ def run_dir_problems(run_dir: str, hosts: int) -> list[str]:
 
 def checkpoint_dir_problems(checkpoint_dir: str) -> list[str]:
     """``checkpoint.directory`` must be a bucket too: process 0 commits every host's files."""
-    if checkpoint_dir.startswith("gs://") and len(checkpoint_dir) > len("gs://"):
+    if _in_bucket(checkpoint_dir):
         return []
     return [
         f"checkpoint.directory={checkpoint_dir}: checkpoints of a pod must go to a gs:// "
