@@ -16,46 +16,17 @@ the same with or without evaluation.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from typing import ClassVar
 
 import torch
 
+from xlafw.metrics.records import EvalMetrics
+
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class EvalMetrics:
-    """One evaluation, as written to the metrics sinks.
-
-    Attributes:
-      step: the training step after which it ran.
-      eval_loss: mean cross-entropy over the eval batches' target tokens.
-      eval_perplexity: ``exp(eval_loss)``.
-      eval_tokens: target tokens scored.
-      eval_time_s: wall time of the evaluation (the first includes its compile).
-      timestamp: Unix time at the end.
-    """
-
-    wandb_prefix: ClassVar[str] = "eval"
-
-    step: int
-    eval_loss: float
-    eval_perplexity: float
-    eval_tokens: int
-    eval_time_s: float
-    timestamp: float
-
-    def human(self) -> str:
-        return (
-            f"eval after step {self.step} | loss {self.eval_loss:.4f} | perplexity "
-            f"{self.eval_perplexity:.1f} | {self.eval_tokens:,} tokens | {self.eval_time_s:.2f} s"
-        )
 
 
 class Evaluator:
