@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
+import fiddle as fdl
+import pytest
 import torch
 
-from xlafw.optim import AdamW, Constant, WarmupCosine, clip_grad_norm
+from xlafw.optim import (
+    AdamW,
+    Constant,
+    TrainableOptimizer,
+    WarmupCosine,
+    clip_grad_norm,
+    state_tensors_per_parameter,
+)
 
 
 def test_warmup_cosine_ramps_up_then_decays_to_the_floor():
@@ -72,3 +82,24 @@ def test_logged_update_norm_is_the_norm_of_the_applied_update():
     opt.step()
     applied = (before - p.detach()).norm().item()
     assert math.isclose(opt.last_update_norm.item(), applied, rel_tol=1e-5)
+
+
+def test_adamw_is_a_trainable_optimizer_and_declares_the_state_it_creates():
+    weight, bias = torch.nn.Parameter(torch.ones(4, 3)), torch.nn.Parameter(torch.ones(3))
+    opt = AdamW([weight, bias])
+    assert isinstance(opt, TrainableOptimizer)
+    assert not isinstance(torch.optim.SGD([weight], lr=0.1), TrainableOptimizer)
+    opt.init_state()
+    for param in (weight, bias):
+        sized = [t for t in opt.state[param].values() if t.shape == param.shape]
+        assert len(sized) == AdamW.STATE_TENSORS_PER_PARAMETER == 2
+
+
+def test_state_tensors_per_parameter_reads_the_class_through_partials_without_building():
+    assert state_tensors_per_parameter(AdamW) == 2
+    assert state_tensors_per_parameter(fdl.Partial(AdamW, lr=1e-3, betas=(0.9, 0.95))) == 2
+    assert state_tensors_per_parameter(functools.partial(AdamW, lr=1e-3)) == 2
+    with pytest.raises(TypeError, match=r"torch\.optim\.sgd\.SGD does not declare STATE_TENSORS"):
+        state_tensors_per_parameter(fdl.Partial(torch.optim.SGD, lr=0.1))
+    with pytest.raises(TypeError, match="is not a class"):
+        state_tensors_per_parameter(fdl.Partial(clip_grad_norm))

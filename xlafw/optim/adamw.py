@@ -15,6 +15,7 @@ Differences from ``torch.optim.AdamW``:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import ClassVar
 
 import torch
 
@@ -35,7 +36,12 @@ class AdamW(torch.optim.Optimizer):
       update_clip: maximum RMS of one parameter's Adam update; None disables.
       schedule: maps the 1-based step tensor to a multiplier of ``lr``. The
         trainer passes the experiment's schedule.
+
+    Implements ``xlafw.optim.TrainableOptimizer``.
     """
+
+    # exp_avg and exp_avg_sq (the step count is a scalar).
+    STATE_TENSORS_PER_PARAMETER: ClassVar[int] = 2
 
     def __init__(
         self,
