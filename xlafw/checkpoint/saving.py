@@ -36,7 +36,7 @@ def stage(
 
     XLA state is always staged, async or not: one batched transfer of this
     host's shards (with their global offsets) takes half the time of the SPMD
-    planner's tensor-by-tensor copies (BUILD_NOTES.md, checkpoints).
+    planner's tensor-by-tensor copies (BUILD_NOTES.md, "Async save").
 
     Args:
       state: the state dict (``{"model": ..., "optimizer": ...}``).

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from typing import Protocol
 
 import torch
 
@@ -25,19 +24,12 @@ from xlafw.data.collators import (
     PromptCompletion,
     SftEncoder,
     SftExample,
-    Span,
     Truncation,
     sft_batch,
 )
 from xlafw.data.pipeline import BatchPipeline, HostShard
 from xlafw.data.streams import RecordSource, StreamPosition
 from xlafw.data.tokenizers import Tokenizer
-
-
-class SftFormat(Protocol):
-    """Turns a record into spans (``PromptCompletion``, ``ChatMessages``)."""
-
-    def spans(self, record: dict) -> list[Span]: ...
 
 
 class SftPipeline(BatchPipeline):

@@ -57,16 +57,6 @@ class RematPolicy:
     pure_modules: tuple[str, ...] = ()
     offload_tensors: tuple[str, ...] = ()
 
-    @property
-    def is_noop(self) -> bool:
-        return not (
-            self.checkpoint_modules
-            or self.scan_layers
-            or self.optimization_barrier_modules
-            or self.pure_modules
-            or self.offload_tensors
-        )
-
 
 def unannotated_scan_carry(remat: RematPolicy, rules: ShardingRules, spmd: bool) -> str | None:
     """A warning when a scanned layer stack has no activation rule under SPMD, else None.
@@ -74,7 +64,7 @@ def unannotated_scan_carry(remat: RematPolicy, rules: ShardingRules, spmd: bool)
     Without one, sharding propagation picks the scan carry's layout; measured on
     8 devices it split the hidden dimension while the saved activations were
     batch-split, a reshard every iteration and 33% more collectives than the
-    unscanned loop (BUILD_NOTES.md, "the 10x scan case").
+    unscanned loop (BUILD_NOTES.md, "8 virtual devices, and the 10x scan case").
     """
     path = remat.scan_layers
     if not spmd or not path or rules.activation_spec_for(f"{path}.0") is not None:
