@@ -7,7 +7,8 @@ import sys
 
 from tests.conftest import ROOT
 from xlafw.config import build_config, write_run_files
-from xlafw.diff import UNSET, Change, diff_configs, load, main
+from xlafw.config.diff import UNSET, Change, diff_configs
+from xlafw.diff import load, main
 
 
 def test_inherited_experiment_differs_only_where_it_changes_fields():

@@ -44,9 +44,9 @@ from xlafw import storage
 from xlafw.checkpoint import commit, safe_load, saving
 from xlafw.checkpoint.coordination import Hosts
 from xlafw.checkpoint.host_state import HostState, capture_rng, host_file_name, restore_rng
+from xlafw.config.diff import diff_configs
 from xlafw.config.loading import load_config_json
 from xlafw.data.streams import StreamPosition
-from xlafw.diff import diff_configs
 from xlafw.experiment import Checkpointing
 
 log = logging.getLogger(__name__)
