@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 import time
 
 import fiddle as fdl
 import pytest
+from conftest import ROOT
 
-from xlafw.config import ConfigError, build_config, config_hash, load_config_file, validate
+from xlafw.config import (
+    ConfigError,
+    build_config,
+    config_hash,
+    load_config_file,
+    registry,
+    validate,
+)
 from xlafw.config.sweep import grid, parse_sweep, split_values
 from xlafw.experiment import Experiment
 
@@ -19,6 +30,49 @@ def test_bare_and_package_qualified_names_resolve_to_the_same_experiment():
 
 def test_experiment_name_is_the_function_name():
     assert build_config("llama_tiny_smoke").name == "llama_tiny_smoke"
+
+
+def test_the_library_imports_the_experiments_package_only_to_resolve_a_name():
+    script = textwrap.dedent(
+        """
+        import sys
+        from xlafw.config import build_config
+        import xlafw.checkpoint.manager, xlafw.diff
+        assert "experiments" not in sys.modules, "imported with the library"
+        build_config("llama_tiny")
+        assert "experiments" in sys.modules
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+STAND_IN_EXPERIMENTS = '''
+import fiddle as fdl
+
+
+def tiny():
+    """A stand-in experiment."""
+    return fdl.Config(dict, size=1)
+
+
+EXPERIMENTS = (tiny,)
+FIDDLERS = ()
+'''
+
+
+def test_experiments_resolve_in_the_package_the_program_names(tmp_path, monkeypatch):
+    (tmp_path / "my_experiments").mkdir()
+    (tmp_path / "my_experiments" / "__init__.py").write_text(STAND_IN_EXPERIMENTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "PACKAGE", "my_experiments")
+    assert build_config("my_experiments.tiny").size == 1
+    assert ("experiment", "tiny", "A stand-in experiment.") in registry.describe_all()
+    with pytest.raises(ConfigError, match=r"no experiment named 'llama_tiny' in my_experiments/"):
+        build_config("llama_tiny")
+    monkeypatch.setattr(registry, "PACKAGE", "no_such_experiments")
+    with pytest.raises(ConfigError, match="no package 'no_such_experiments' to find experiments"):
+        build_config("tiny")
 
 
 def test_inherited_experiment_changes_only_what_it_sets():

@@ -80,16 +80,18 @@ class ConfigFilePolicy(serialization.PyrefPolicy):
     A config file is data. Fiddle's JSON names the callables to rebuild and
     imports them; without a policy a file (a run's ``config.json``, one saved
     with a checkpoint, one passed with ``--fdl_config_file``) could name
-    ``os.system`` or import any installed module.
+    ``os.system`` or import any installed module. The experiments package is
+    the registry's (``registry.PACKAGE``).
     """
 
-    PACKAGES = ("xlafw", "experiments", "fiddle")
+    PACKAGES = ("xlafw", "fiddle")
     BUILTINS = frozenset({"tuple", "list", "dict", "set", "frozenset", "int", "float", "str"})
 
     def allows_import(self, module: str, symbol: str) -> bool:
         if module == "builtins":
             return symbol in self.BUILTINS
-        return any(module == p or module.startswith(p + ".") for p in self.PACKAGES)
+        packages = (*self.PACKAGES, registry.PACKAGE)
+        return any(module == p or module.startswith(p + ".") for p in packages)
 
     def allows_value(self, value: object) -> bool:
         return True  # the import itself is what the policy restricts
@@ -119,7 +121,7 @@ def load_config_file(path: str) -> fdl.Config:
     except serialization.PyrefPolicyError as e:
         raise ConfigError(
             f"--fdl_config_file={path}: {e}. A config file may only name objects of xlafw, "
-            f"experiments and Fiddle. Fix: use a config.json xlafw wrote."
+            f"{registry.PACKAGE} and Fiddle. Fix: use a config.json xlafw wrote."
         ) from None
     except Exception as e:
         raise ConfigError(f"--fdl_config_file={path}: not a Fiddle JSON config ({e}).") from None

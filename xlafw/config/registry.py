@@ -1,11 +1,18 @@
 """Finding experiments and fiddlers by name, with suggestions for typos.
 
-Names resolve only inside the ``experiments`` package (its ``EXPERIMENTS`` and
+Names resolve only inside one package, ``PACKAGE`` (its ``EXPERIMENTS`` and
 ``FIDDLERS`` tuples), never by importing arbitrary modules from a flag value.
+
+The library does not depend on any experiments package: ``PACKAGE`` is a name,
+``"experiments"`` (this repository's) unless the program sets another before
+the first lookup (``registry.PACKAGE = "my_experiments"``), and it is imported
+with ``importlib`` only when a name is resolved. Importing ``xlafw`` imports no
+experiment; the command line is what decides where experiments come from.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable
 
@@ -13,15 +20,23 @@ import fiddle as fdl
 
 from xlafw.config.errors import ConfigError, suggest
 
+# The package experiments and fiddlers are resolved in (module docstring).
 PACKAGE = "experiments"
 
 
 def _registry() -> tuple[dict[str, Callable], dict[str, Callable]]:
-    import experiments
-
+    try:
+        package = importlib.import_module(PACKAGE)
+    except ModuleNotFoundError as e:
+        if e.name != PACKAGE:
+            raise  # the package itself failed to import something: its own error
+        raise ConfigError(
+            f"no package {PACKAGE!r} to find experiments in. Fix: run from the directory that "
+            f"holds {PACKAGE}/ (the repository root), or install it."
+        ) from None
     return (
-        {f.__name__: f for f in experiments.EXPERIMENTS},
-        {f.__name__: f for f in experiments.FIDDLERS},
+        {f.__name__: f for f in package.EXPERIMENTS},
+        {f.__name__: f for f in package.FIDDLERS},
     )
 
 
