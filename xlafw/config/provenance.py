@@ -41,7 +41,8 @@ def package_versions() -> dict[str, str | None]:
     """Python's and the key packages' versions, read from installed metadata.
 
     Metadata, not ``import``: the config path must never import torch_xla
-    (DESIGN.md), and importing the others only to ask their version is slow.
+    (ARCHITECTURE.md, "What runs where"), and importing the others only to ask their
+    version is slow.
     """
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
