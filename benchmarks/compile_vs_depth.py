@@ -65,8 +65,8 @@ def shard(model, mesh, rules: str) -> None:
     import torch_xla.distributed.spmd as xs
     from torch_xla.distributed.spmd.xla_sharding import apply_xla_patch_to_nn_linear
 
+    from xlafw.models.llama import LLAMA_FSDP, LLAMA_FSDP_TP
     from xlafw.parallel import apply as parallel_apply
-    from xlafw.parallel.rules import LLAMA_FSDP, LLAMA_FSDP_TP
 
     apply_xla_patch_to_nn_linear(model)
     table = {"fsdp_tp": LLAMA_FSDP_TP, "fsdp": LLAMA_FSDP}.get(rules)

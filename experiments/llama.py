@@ -33,9 +33,9 @@ from xlafw.experiment import (
     TrainerSettings,
 )
 from xlafw.models import Llama3RopeScaling, LlamaConfig, LlamaForCausalLM
+from xlafw.models.llama import LLAMA_FSDP, LLAMA_FSDP_TP
 from xlafw.optim import AdamW, WarmupCosine
 from xlafw.parallel import AxisSizes, Mesh, RematPolicy, ShardingRules
-from xlafw.parallel.rules import LLAMA_FSDP, LLAMA_FSDP_TP
 
 
 def _llama(**config) -> fdl.Partial:

@@ -153,7 +153,7 @@ def test_validation_reports_every_problem_at_once():
 
 def test_global_batch_must_divide_over_data_parallel_axes():
     cfg = build_config("llama_tiny", sets=["data.global_batch_size=6"])
-    with pytest.raises(ConfigError, match="data x fsdp = 8"):
+    with pytest.raises(ConfigError, match="data x fsdp x expert = 8"):
         validate(cfg, num_devices=8)
 
 

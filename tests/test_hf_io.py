@@ -19,12 +19,8 @@ import transformers
 from conftest import ROOT
 
 from xlafw.models import LlamaForCausalLM
-from xlafw.models.hf_io import (
-    HfCheckpointError,
-    hf_config_to_llama_config,
-    load_hf_weights,
-    save_hf_weights,
-)
+from xlafw.models.hf_io import HfCheckpointError, load_hf_weights, save_hf_weights
+from xlafw.models.llama import FAMILY as LLAMA
 
 TINY = dict(
     vocab_size=1000,
@@ -64,7 +60,7 @@ def _save_hf(directory, tie_word_embeddings=False, max_shard_size="100KB", **cha
 def _xla_model(config_json):
     torch.manual_seed(1)  # different from the checkpoint's values
     with torch_xla.device():
-        return LlamaForCausalLM(hf_config_to_llama_config(config_json)).eval()
+        return LlamaForCausalLM(LLAMA.from_hf_config(config_json)).eval()
 
 
 def _config_json(directory):
@@ -181,8 +177,8 @@ def test_transformers_4_config_layout_maps_like_version_5():
     v4 = {**TINY, "rms_norm_eps": 1e-5}
     v5 = {k: v for k, v in v4.items() if k not in ("rope_theta", "rope_scaling")}
     v5["rope_parameters"] = {**TINY["rope_scaling"], "rope_theta": 500000.0}
-    config = hf_config_to_llama_config(v4)
-    assert config == hf_config_to_llama_config(v5)
+    config = LLAMA.from_hf_config(v4)
+    assert config == LLAMA.from_hf_config(v5)
     assert config.rope_scaling.original_max_position_embeddings == 16
     assert config.head_dim is None and config.rms_norm_eps == 1e-5
 
@@ -190,9 +186,9 @@ def test_transformers_4_config_layout_maps_like_version_5():
 def test_unsupported_rope_and_biases_are_refused_with_reasons():
     config = {**TINY, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
     with pytest.raises(HfCheckpointError, match="rope type 'yarn' is not supported"):
-        hf_config_to_llama_config(config)
+        LLAMA.from_hf_config(config)
     with pytest.raises(HfCheckpointError, match="attention_bias is true"):
-        hf_config_to_llama_config({**TINY, "attention_bias": True})
+        LLAMA.from_hf_config({**TINY, "attention_bias": True})
 
 
 def test_save_refuses_a_non_empty_directory_and_leaves_no_temporary(tmp_path):
@@ -211,14 +207,15 @@ SHARDED_PROBE = textwrap.dedent(
     import torch, torch_xla, transformers
     from xlafw import runtime
     from xlafw.models import LlamaForCausalLM
-    from xlafw.models.hf_io import hf_config_to_llama_config, load_hf_weights, save_hf_weights
+    from xlafw.models.hf_io import load_hf_weights, save_hf_weights
+    from xlafw.models.llama import FAMILY as LLAMA
     from xlafw.parallel import Mesh, apply
     from xlafw.parallel.mesh import AxisSizes
-    from xlafw.parallel.rules import LLAMA_FSDP_TP
+    from xlafw.models.llama import LLAMA_FSDP_TP
 
     hf_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
     rt = runtime.start(spmd=True)
-    config = hf_config_to_llama_config(json.loads((hf_dir / "config.json").read_text()))
+    config = LLAMA.from_hf_config(json.loads((hf_dir / "config.json").read_text()))
     with rt.device:  # the trainer's stages 6-8, as in experiments.llama_tiny_spmd
         model = LlamaForCausalLM(config).eval()
     apply.patch_linears(model, rt)

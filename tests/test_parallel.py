@@ -11,9 +11,9 @@ import pytest
 from xlafw.config import build_config
 from xlafw.config.validation import meta_model
 from xlafw.data import SHAKESPEARE_TEXTS, TextFiles
+from xlafw.models.llama import LLAMA_FSDP
 from xlafw.parallel import AxisSizes, Mesh, MeshError, ShardingRules
 from xlafw.parallel.mesh import host_data_shard, hybrid_device_ids
-from xlafw.parallel.rules import LLAMA_FSDP
 from xlafw.parallel.sharding import abstract_name, check_rules
 
 

@@ -32,7 +32,7 @@ PROBE = textwrap.dedent(
     mesh = None
     if spmd:
         import torch_xla.distributed.spmd as xs
-        from xlafw.parallel.rules import LLAMA_FSDP_TP
+        from xlafw.models.llama import LLAMA_FSDP_TP
         xr.use_spmd()
         names = ("data", "fsdp", "tensor", "context", "expert")
         mesh = xs.Mesh(np.arange(8), (1, 4, 2, 1, 1), names)

@@ -2,7 +2,7 @@
 
 An experiment function returns ``fdl.Config[Experiment]``. Building it yields
 an ``Experiment`` of *partially specified* builders: each is completed by the
-trainer with what only exists at run time (see DESIGN.md, "The typed
+trainer with what only exists at run time (see ARCHITECTURE.md, "The typed
 builders"):
 
 ==============  ==========================================  =====================
@@ -29,9 +29,8 @@ from typing import Literal
 import torch
 
 from xlafw.data.pipeline import BatchPipeline
+from xlafw.dtypes import TORCH_DTYPES
 from xlafw.parallel import Mesh, RematPolicy, ShardingRules
-
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 # Models up to this many parameters are initialized on the host by default
 # (TrainerSettings.init_on): 1 GiB in float32, about a second of host init.
@@ -67,9 +66,9 @@ class TrainerSettings:
         replaced by the experiment's name.
       compile_cache: XLA's persistent compilation cache. ``auto`` turns it on
         on TPU and off on XLA's CPU backend, whose PJRT client writes entries
-        but cannot deserialize them (BUILD_NOTES.md, "Compile cache").
+        but cannot deserialize them (BUILD_NOTES.md, "Observability (issue 8)").
       compile_cache_dir: where the cache lives (shared by runs).
-      init_from_hf: a local Hugging Face Llama checkpoint directory
+      init_from_hf: a local Hugging Face checkpoint directory of the model's family
         (config.json + safetensors) to start from. Loaded after sharding, each
         host reading only its shards; a checkpoint of this run, if one exists,
         takes precedence (resume).

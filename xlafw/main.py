@@ -34,7 +34,7 @@ from xlafw.config import ConfigError, build_config, registry, validate
 from xlafw.config.explain import explain
 from xlafw.config.hardware import backend, detected_device_count, resolve_devices
 from xlafw.config.loading import apply_sets
-from xlafw.config.plan import devices_for_dry_run, format_plan, make_plan
+from xlafw.config.plan import Plan, devices_for_dry_run, format_plan
 from xlafw.config.provenance import config_hash
 from xlafw.config.sweep import write_sweep
 from xlafw.exit_codes import ExitCode
@@ -130,8 +130,10 @@ def _dry_run(cfg: fdl.Config) -> None:
     if _NUM_DEVICES.value is None and not _TARGET.value:
         devices = devices_for_dry_run(cfg, devices)
     # A dry run reports the memory estimate instead of refusing to run.
-    validate(cfg, devices.count, target=_TARGET.value, num_slices=_NUM_SLICES.value, purpose="plan")
-    print(format_plan(make_plan(cfg, devices)))
+    plan = validate(
+        cfg, target=_TARGET.value, num_slices=_NUM_SLICES.value, purpose="plan", devices=devices
+    )
+    print(format_plan(plan))
 
 
 def _check_expected_hash(cfg: fdl.Config) -> None:
@@ -149,8 +151,8 @@ def _check_expected_hash(cfg: fdl.Config) -> None:
         )
 
 
-def _config_to_train() -> fdl.Config | None:
-    """Handles every flag that exits early; returns the config when training should start.
+def _config_to_train() -> tuple[fdl.Config, Plan] | None:
+    """Handles every flag that exits early; returns the config and its plan to train.
 
     Raises:
       ConfigError: for any user error.
@@ -172,9 +174,9 @@ def _config_to_train() -> fdl.Config | None:
     if _DRY_RUN.value:
         _dry_run(cfg)
         return None
-    validate(cfg, _NUM_DEVICES.value, target=_TARGET.value, num_slices=_NUM_SLICES.value)
+    plan = validate(cfg, _NUM_DEVICES.value, target=_TARGET.value, num_slices=_NUM_SLICES.value)
     _check_declared_devices_for_training()
-    return cfg
+    return cfg, plan
 
 
 def main(argv: list[str]) -> int:
@@ -184,16 +186,17 @@ def main(argv: list[str]) -> int:
         _list()
         return 0
     try:
-        cfg = _config_to_train()
+        to_train = _config_to_train()
     except ConfigError as e:
         print(e, file=sys.stderr)
         return ExitCode.CONFIG_ERROR
-    if cfg is None:
+    if to_train is None:
         return ExitCode.OK
+    cfg, plan = to_train
     from xlafw import trainer  # imports torch_xla: only after the config is known good
 
     try:
-        trainer.train(cfg, sys.argv)
+        trainer.train(cfg, sys.argv, plan=plan)
     except trainer.RunRefused as e:  # before the first step: nothing was trained
         print(f"error: {e}", file=sys.stderr)
         return ExitCode.CONFIG_ERROR

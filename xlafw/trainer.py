@@ -20,7 +20,6 @@ clipping, optimizer, schedule); metrics are read in step closures only.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import json
@@ -37,9 +36,11 @@ from fiddle.experimental import serialization
 
 from xlafw import storage
 from xlafw.config import config_hash, validate, write_run_files
-from xlafw.config.plan import flops_per_token, parameter_group
-from xlafw.experiment import Experiment
+from xlafw.config.hardware import backend
+from xlafw.config.plan import Plan
+from xlafw.experiment import HOST_INIT_MAX_PARAMETERS, Experiment
 from xlafw.metrics import StepLogger, StepMetrics, make_sinks, peak_flops, plot
+from xlafw.optim import state_tensors_per_parameter
 from xlafw.parallel.remat import unannotated_scan_carry
 
 log = logging.getLogger(__name__)
@@ -72,14 +73,6 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
-def parameter_breakdown(model: torch.nn.Module) -> dict[str, int]:
-    """Parameter counts per module group, as ``--dry_run`` reports them."""
-    counts: collections.Counter[str] = collections.Counter()
-    for name, param in model.named_parameters():
-        counts[parameter_group(name)] += param.numel()
-    return dict(counts)
-
-
 class TrainingStopped(RuntimeError):
     """Training stopped on a fault (NaN loss); the newest good checkpoint is kept."""
 
@@ -103,11 +96,21 @@ class Trainer:
       experiment: the built experiment.
       config: the config it was built from (saved with every checkpoint).
       argv: the command line, for the run files.
+      plan: what validation computed for the config (parameters, FLOPs per
+        token, the model's family); None computes it here (``train`` and
+        ``xlafw.main`` pass the one validation made).
     """
 
-    def __init__(self, experiment: Experiment, config: fdl.Config, argv: Sequence[str] = ()):
+    def __init__(
+        self,
+        experiment: Experiment,
+        config: fdl.Config,
+        argv: Sequence[str] = (),
+        plan: Plan | None = None,
+    ):
         self.experiment = experiment
         self.config = config
+        self.plan = plan if plan is not None else validate(config, purpose="plan")
         self.argv = argv
         self.config_json = serialization.dump_json(config, indent=2)
         self.config_hash = config_hash(config)
@@ -118,13 +121,25 @@ class Trainer:
         self._evaluated = False
         self._stop_signal: int | None = None
 
+    # -- startup (stages 4-12) ------------------------------------------------------------
+
     def setup(self) -> None:
-        """Startup stages 4-12: runtime, model, parallelism, optimizer, checkpoint."""
+        """Startup stages 4-12: runtime, model, parallelism, optimizer, checkpoint, data."""
         import torch_xla
 
+        self._start_runtime()
+        sharded = self._build_model()
+        schedule = self._build_optimizer()
+        resume_step = self._open_checkpoints()
+        host_state = self.checkpoints.host_state(resume_step) if resume_step else None
+        self._open_data(sharded, resume_step, host_state)
+        torch_xla.sync()  # materialize the initialized, sharded parameters and state
+        resumed = self._restore(resume_step, host_state)
+        stage(12, "optimizer %s, schedule %s; %s", type(self.optimizer).__name__, schedule, resumed)
+
+    def _start_runtime(self) -> None:
+        """Stages 4-5: the XLA runtime, the run files of a remote run, seeds, default dtype."""
         from xlafw import runtime
-        from xlafw.checkpoint import CheckpointManager
-        from xlafw.data.device_loader import DeviceLoader
         from xlafw.parallel import apply as parallel_apply
 
         exp, settings = self.experiment, self.settings
@@ -142,6 +157,12 @@ class Trainer:
         stage(5, "default dtype float32")
         torch.set_default_dtype(torch.float32)
 
+    def _build_model(self):
+        """Stages 6-11: the model, its sharding, HF weights, pure modules, remat, barriers."""
+        from xlafw import runtime
+        from xlafw.parallel import apply as parallel_apply
+
+        exp, settings, plan = self.experiment, self.settings, self.plan
         on_host, why = self._init_on_host()
         with (
             default_dtype(settings.torch_dtype),
@@ -151,19 +172,18 @@ class Trainer:
         if on_host:
             self.model.to(self.rt.device)
         runtime.rendezvous("model_built")
-        counts = parameter_breakdown(self.model)
-        self.num_parameters = sum(counts.values())
+        groups = ", ".join(f"{k} {v:,}" for k, v in plan.parameter_groups.items() if v)
         stage(
             6,
-            "model %s built in %s on %s, initialized %s: %s parameters (%s)",
+            "model %s (%s family) built in %s on %s, initialized %s: %s parameters (%s)",
             type(self.model).__name__,
+            plan.family.name,
             settings.param_dtype,
             self.rt.device,
             why,
-            f"{self.num_parameters:,}",
-            ", ".join(f"{k} {v:,}" for k, v in counts.items() if v),
+            f"{plan.num_parameters:,}",
+            groups,
         )
-
         stage(7, parallel_apply.patch_linears(self.model, self.rt))
         sharded = parallel_apply.shard(self.model, exp, self.rt)
         self.input_sharding = sharded.input_sharding
@@ -178,13 +198,25 @@ class Trainer:
         if warning := unannotated_scan_carry(exp.remat, exp.sharding, self.rt.spmd):
             log.warning(warning)
         stage(11, parallel_apply.add_optimization_barriers(self.model, exp.remat))
+        return sharded
 
-        schedule = exp.lr_schedule(total_steps=settings.max_steps)
+    def _build_optimizer(self):
+        """The LR schedule and the optimizer, its state sharded like the parameters."""
+        from xlafw.parallel import apply as parallel_apply
+
+        exp = self.experiment
+        schedule = exp.lr_schedule(total_steps=self.settings.max_steps)
         self.optimizer = exp.optimizer(self.model.parameters(), schedule=schedule)
         self.optimizer.init_state()
         parallel_apply.shard_optimizer_state(self.optimizer, self.model, exp, self.rt)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        return schedule
 
+    def _open_checkpoints(self) -> int | None:
+        """The checkpoint manager, a check that one save fits, and the step to resume from."""
+        from xlafw.checkpoint import CheckpointManager
+
+        exp = self.experiment
         async_save = exp.checkpoint.async_save
         if async_save is None:
             async_save = self.rt.device_type != "CPU"
@@ -194,15 +226,20 @@ class Trainer:
             xla_device=self.rt.device,
             async_save=async_save,
         )
-        state_bytes = sum(3 * p.numel() * p.element_size() for p in self.params)
+        # Parameters plus the optimizer's parameter-sized state tensors.
+        tensors = 1 + state_tensors_per_parameter(type(self.optimizer))
+        state_bytes = sum(tensors * p.numel() * p.element_size() for p in self.params)
         self.checkpoints.preflight(state_bytes // self.rt.process_count)
-        resume_step = self.checkpoints.resume_point(self.config, self.config_hash)
+        return self.checkpoints.resume_point(self.config, self.config_hash)
 
+    def _open_data(self, sharded, resume_step: int | None, host_state) -> None:
+        """This host's training batches (resumed at the checkpoint's position) and eval."""
+        from xlafw.data.device_loader import DeviceLoader
+
+        exp = self.experiment
         self.data = exp.data(host=sharded.data_shard)
         if resume_step is not None:
-            host_state = self.checkpoints.host_state(resume_step)
-            data_position = host_state.data_position
-            self.data.restore(data_position, batches=resume_step)
+            self.data.restore(host_state.data_position, batches=resume_step)
         # The loader's thread starts now: the first batches are read, tokenized and
         # copied while the initialization graph below (if any) runs and step 1 traces.
         self.batches = DeviceLoader(self.data, self.rt.device, self.input_sharding)
@@ -219,48 +256,49 @@ class Trainer:
                 self._autocast,
             )
             self.evaluator.prepare()
-        torch_xla.sync()  # materialize the initialized, sharded parameters and state
+
+    def _restore(self, resume_step: int | None, host_state) -> str:
+        """Loads the checkpoint's model, optimizer and RNG state; returns the log line."""
+        import torch_xla
+
         if resume_step is None:
-            resumed = f"no checkpoint in {self.checkpoints.directory}: starting at step 1"
-        else:
-            state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
-            self.checkpoints.restore_state(resume_step, state)
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.checkpoints.restore_rng(host_state)
-            # Materialize the loaded values, so the first step runs the same graph
-            # as every other (and as the uninterrupted run: bit-identical losses).
-            torch_xla.sync()
-            self.start_step = resume_step
-            resumed = (
-                f"resumed from {self.checkpoints.path(resume_step)} (step {resume_step}, "
-                f"data at {data_position})"
-            )
-        stage(12, "optimizer %s, schedule %s; %s", type(self.optimizer).__name__, schedule, resumed)
+            return f"no checkpoint in {self.checkpoints.directory}: starting at step 1"
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        self.checkpoints.restore_state(resume_step, state)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.checkpoints.restore_rng(host_state)
+        # Materialize the loaded values, so the first step runs the same graph
+        # as every other (and as the uninterrupted run: bit-identical losses).
+        torch_xla.sync()
+        self.start_step = resume_step
+        return (
+            f"resumed from {self.checkpoints.path(resume_step)} (step {resume_step}, "
+            f"data at {host_state.data_position})"
+        )
 
     def _init_on_host(self) -> tuple[bool, str]:
         """Whether to initialize the weights on the host, and why (for the log)."""
         mode = self.settings.init_on
         if mode != "auto":
             return mode == "host", f"on the {mode} (trainer.init_on={mode})"
-        from xlafw.config.plan import meta_model
-        from xlafw.experiment import HOST_INIT_MAX_PARAMETERS
-
-        count = sum(p.numel() for p in meta_model(self.config).parameters())
-        if count <= HOST_INIT_MAX_PARAMETERS:
+        if self.plan.num_parameters <= HOST_INIT_MAX_PARAMETERS:
             return True, "on the host (small model: no initialization graph to compile)"
         return False, "on the device (large model: sharded initialization graph)"
 
     def _compile_cache_dir(self) -> str | None:
-        mode, on_cpu = self.settings.compile_cache, os.environ.get("PJRT_DEVICE", "CPU") == "CPU"
+        mode, on_cpu = self.settings.compile_cache, backend() == "CPU"
         if mode == "auto" and on_cpu:
             log.info(
                 "persistent compilation cache off: XLA's CPU client writes entries but cannot "
-                "deserialize them (trainer.compile_cache=on forces it; BUILD_NOTES.md)"
+                "deserialize them (trainer.compile_cache=on forces it; BUILD_NOTES.md, "
+                "Observability)"
             )
         if mode == "on" or (mode == "auto" and not on_cpu):
             return self.settings.compile_cache_dir
         return None
+
+    # -- one step ---------------------------------------------------------------------------
 
     def train_step(self, batch: dict[str, torch.Tensor]):
         """Forward, loss, backward, clipping, optimizer and schedule: one graph.
@@ -273,6 +311,10 @@ class Trainer:
         Each micro-batch's summed loss is divided by the whole global batch's
         target tokens, so the gradient (and the logged loss) equals the
         unaccumulated step's, SFT masks included.
+
+        A model's auxiliary loss (``CausalLMOutput.aux_loss``, e.g. MoE load
+        balancing) is added to the objective, averaged over micro-batches, and
+        logged with the model's other metrics, apart from the loss.
         """
         from xlafw.optim import clip_grad_norm
 
@@ -288,13 +330,19 @@ class Trainer:
                 {k: v.view(-1, accum, *v.shape[1:])[:, j] for k, v in batch.items()}
                 for j in range(accum)
             ]
-        loss = None
+        loss, model_metrics = None, {}
         for micro in micro_batches:
             with self._autocast():  # the forward only: backward runs in the forward's dtypes
                 out = self.model(**micro)
             part = out.loss if accum == 1 else out.loss_sum / denominator
-            part.backward()
+            objective = part if out.aux_loss is None else part + out.aux_loss / accum
+            objective.backward()
             loss = part.detach() if loss is None else loss + part.detach()
+            for name, value in out.metrics.items():
+                value = value.detach() / accum
+                model_metrics[name] = (
+                    model_metrics[name] + value if name in model_metrics else value
+                )
         if accum == 1:
             target_tokens = out.num_target_tokens
         grad_norm = clip_grad_norm(self.params, self.settings.max_grad_norm)
@@ -305,6 +353,7 @@ class Trainer:
             "update_norm": self.optimizer.last_update_norm,
             "lr": self.optimizer.last_lr,
             "target_tokens": target_tokens,
+            "model": model_metrics,
         }
 
     def _autocast(self):
@@ -313,6 +362,8 @@ class Trainer:
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast("xla", dtype=dtype)
+
+    # -- the step loop (stage 13) -----------------------------------------------------------
 
     def _on_signal(self, signum, frame) -> None:
         if self._stop_signal is None:
@@ -336,6 +387,34 @@ class Trainer:
         )
         log.info("checkpoint step %d: step loop held %.2f s", step, timing.blocked_s)
 
+    def _logger(self, sinks) -> StepLogger:
+        from xlafw import runtime
+
+        return StepLogger(
+            tokens_per_step=self.data.tokens_per_step,
+            max_steps=self.settings.max_steps,
+            steps_per_epoch=self.settings.steps_per_epoch,
+            num_devices=self.rt.num_devices,
+            flops_per_token=self.plan.flops_per_token,
+            peak_flops=self.peak_flops,
+            sinks=sinks,
+            compile_counter=runtime.compile_count,
+        )
+
+    def _cleanup(self, sinks) -> contextlib.ExitStack:
+        """What the loop's exit undoes, in reverse order, each even if an earlier one raised.
+
+        The last save in flight commits, the signal handlers return, the metrics land.
+        """
+        cleanup = contextlib.ExitStack()
+        for sink in sinks:
+            cleanup.callback(sink.close)
+        for s in (signal.SIGTERM, signal.SIGINT):
+            cleanup.callback(signal.signal, s, signal.signal(s, self._on_signal))
+        cleanup.callback(self.checkpoints.close)
+        cleanup.callback(self.batches.close)
+        return cleanup
+
     def train(self) -> list[StepMetrics]:
         """Stage 13: the step loop. Returns the logged metrics.
 
@@ -348,15 +427,9 @@ class Trainer:
           TrainingStopped: on a recompilation after warm-up with
             ``metrics.on_recompile=error``.
         """
-        import torch_xla
         import torch_xla.core.xla_model as xm
-        import torch_xla.debug.profiler as xp
 
-        from xlafw import runtime
-        from xlafw.checkpoint import CheckpointError
-
-        settings, every = self.settings, self.experiment.checkpoint.every_steps
-        batches = self.batches
+        settings = self.settings
         self.model.train()
         sinks = make_sinks(
             self.experiment.metrics,
@@ -365,26 +438,7 @@ class Trainer:
             printing.as_dict_flattened(self.config),
             primary=self.rt.process_index == 0,
         )
-        logger = StepLogger(
-            tokens_per_step=self.data.tokens_per_step,
-            max_steps=settings.max_steps,
-            steps_per_epoch=settings.steps_per_epoch,
-            num_devices=self.rt.num_devices,
-            flops_per_token=flops_per_token(self.config, self.model),
-            peak_flops=self.peak_flops,
-            sinks=sinks,
-            compile_counter=runtime.compile_count,
-        )
-        profile = self.experiment.metrics.profile_steps
-        # Run in reverse order on the way out, each even if an earlier one raised:
-        # the last save in flight commits, the handlers return, the metrics land.
-        cleanup = contextlib.ExitStack()
-        for sink in sinks:
-            cleanup.callback(sink.close)
-        for s in (signal.SIGTERM, signal.SIGINT):
-            cleanup.callback(signal.signal, s, signal.signal(s, self._on_signal))
-        cleanup.callback(self.checkpoints.close)
-        cleanup.callback(batches.close)
+        logger = self._logger(sinks)
         stage(
             13,
             "step loop: steps %d..%d, %s tokens/step, logging every %d",
@@ -401,73 +455,100 @@ class Trainer:
                 self.start_step,
                 settings.max_steps,
             )
-        compiles, shapes = runtime.compile_count(), None
         step = self.start_step
-        with cleanup:
-            for step in range(self.start_step + 1, settings.max_steps + 1):
-                batch = next(batches)
-                if profile and step == profile[0]:
-                    xm.wait_device_ops()
-                    xp.start_trace(os.path.join(self.run_dir, "profile"))
-                scheduled_save = (every and step % every == 0) or step == settings.max_steps
-                log_now = (
-                    scheduled_save or step == self.start_step + 1 or step % settings.log_every == 0
-                )
-                try:
-                    with torch_xla.compile(name="train_step"):
-                        loss, aux = self.train_step(batch)
-                        logger.record(loss)
-                        if log_now:
-                            # Synchronous: values are read right after this step's
-                            # graph ran, so a NaN stops the run before it is saved.
-                            xm.add_step_closure(logger.on_step, args=(step, aux), run_async=False)
-                    # Every host stops after the same step (a preempted node's pod is
-                    # signalled alone), or the others would wait in the next step's
-                    # collectives while it waits in the checkpoint's.
-                    stopping = self.checkpoints.hosts.any(self._stop_signal is not None)
-                    if stopping and not log_now:
-                        logger.on_step(step, aux)  # the step ran: a plain read, no graph
-                except FloatingPointError as e:
-                    try:
-                        self.checkpoints.wait()  # a save in flight is of an earlier, finite step
-                    except CheckpointError as save_error:
-                        log.error("%s", save_error)
-                    newest = self.checkpoints.steps()
-                    raise NonFiniteLoss(
-                        f"{e} The newest good checkpoint is "
-                        f"{self.checkpoints.path(newest[-1]) if newest else 'none'}."
-                    ) from None
-                if profile and step == profile[1]:
-                    xm.wait_device_ops()
-                    xp.stop_trace()
-                    log.info("XLA profile of steps %d-%d in %s/profile", *profile, self.run_dir)
-                new_shapes = {k: tuple(v.shape) for k, v in batch.items()}
-                now_compiled = runtime.compile_count()
-                if step > self.start_step + 2 and now_compiled > compiles:
-                    self._on_recompile(step, shapes, new_shapes)
-                compiles, shapes = now_compiled, new_shapes
-                # Not when stopping: the preemption checkpoint comes first (xpk
-                # allows 30 s between SIGTERM and SIGKILL).
-                eval_due = self.evaluator and step % self.experiment.eval.every_steps == 0
-                if eval_due and not stopping:
-                    self._evaluate(step, logger)
-                    compiles = runtime.compile_count()  # the eval graph is not the step's
-                if scheduled_save or stopping:
-                    self._save(step)
-                    for sink in sinks:  # the metrics of the steps a resume will not rerun
-                        sink.flush()
-                if stopping:
-                    self.checkpoints.wait()
-                    if step < settings.max_steps:  # a signal during the last step: done
-                        log.warning("stopped after step %d on a signal; rerun to resume", step)
-                        self.preempted_at = step
-                    break
+        with self._cleanup(sinks):
+            step = self._loop(logger, sinks)
             xm.wait_device_ops()
         metrics_file = os.path.join(self.run_dir, "metrics.jsonl")
         if self.rt.process_index == 0:
             plot(metrics_file, os.path.join(self.run_dir, "metrics.png"))
         log.info("training finished at step %d of %d", step, settings.max_steps)
         return logger.history
+
+    def _loop(self, logger: StepLogger, sinks) -> int:
+        """Runs the steps; returns the last one run."""
+        import torch_xla.core.xla_model as xm
+        import torch_xla.debug.profiler as xp
+
+        from xlafw import runtime
+
+        settings, every = self.settings, self.experiment.checkpoint.every_steps
+        profile = self.experiment.metrics.profile_steps
+        compiles, shapes = runtime.compile_count(), None
+        step = self.start_step
+        for step in range(self.start_step + 1, settings.max_steps + 1):
+            batch = next(self.batches)
+            if profile and step == profile[0]:
+                xm.wait_device_ops()
+                xp.start_trace(os.path.join(self.run_dir, "profile"))
+            scheduled_save = (every and step % every == 0) or step == settings.max_steps
+            log_now = (
+                scheduled_save or step == self.start_step + 1 or step % settings.log_every == 0
+            )
+            stopping = self._run_step(step, batch, logger, log_now)
+            if profile and step == profile[1]:
+                xm.wait_device_ops()
+                xp.stop_trace()
+                log.info("XLA profile of steps %d-%d in %s/profile", *profile, self.run_dir)
+            new_shapes = {k: tuple(v.shape) for k, v in batch.items()}
+            now_compiled = runtime.compile_count()
+            if step > self.start_step + 2 and now_compiled > compiles:
+                self._on_recompile(step, shapes, new_shapes)
+            compiles, shapes = now_compiled, new_shapes
+            # Not when stopping: the preemption checkpoint comes first (xpk
+            # allows 30 s between SIGTERM and SIGKILL).
+            eval_due = self.evaluator and step % self.experiment.eval.every_steps == 0
+            if eval_due and not stopping:
+                self._evaluate(step, logger)
+                compiles = runtime.compile_count()  # the eval graph is not the step's
+            if scheduled_save or stopping:
+                self._save(step)
+                for sink in sinks:  # the metrics of the steps a resume will not rerun
+                    sink.flush()
+            if stopping:
+                self.checkpoints.wait()
+                if step < settings.max_steps:  # a signal during the last step: done
+                    log.warning("stopped after step %d on a signal; rerun to resume", step)
+                    self.preempted_at = step
+                break
+        return step
+
+    def _run_step(self, step: int, batch, logger: StepLogger, log_now: bool) -> bool:
+        """Traces and runs one step, its metrics read if ``log_now``; returns whether to stop.
+
+        Raises:
+          NonFiniteLoss: when the step's loss is NaN or infinite.
+        """
+        import torch_xla
+        import torch_xla.core.xla_model as xm
+
+        from xlafw.checkpoint import CheckpointError
+
+        try:
+            with torch_xla.compile(name="train_step"):
+                loss, aux = self.train_step(batch)
+                logger.record(loss)
+                if log_now:
+                    # Synchronous: values are read right after this step's
+                    # graph ran, so a NaN stops the run before it is saved.
+                    xm.add_step_closure(logger.on_step, args=(step, aux), run_async=False)
+            # Every host stops after the same step (a preempted node's pod is
+            # signalled alone), or the others would wait in the next step's
+            # collectives while it waits in the checkpoint's.
+            stopping = self.checkpoints.hosts.any(self._stop_signal is not None)
+            if stopping and not log_now:
+                logger.on_step(step, aux)  # the step ran: a plain read, no graph
+            return stopping
+        except FloatingPointError as e:
+            try:
+                self.checkpoints.wait()  # a save in flight is of an earlier, finite step
+            except CheckpointError as save_error:
+                log.error("%s", save_error)
+            newest = self.checkpoints.steps()
+            raise NonFiniteLoss(
+                f"{e} The newest good checkpoint is "
+                f"{self.checkpoints.path(newest[-1]) if newest else 'none'}."
+            ) from None
 
     def _evaluate(self, step: int, logger: StepLogger) -> None:
         """Runs one evaluation; after the first, its graph must already be compiled."""
@@ -494,8 +575,14 @@ class Trainer:
         log.warning(message)
 
 
-def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
+def train(cfg: fdl.Config, argv: Sequence[str] = (), plan: Plan | None = None) -> list[StepMetrics]:
     """Runs the full startup sequence and training for an overridden config.
+
+    Args:
+      cfg: the experiment config, overrides applied.
+      argv: the command line, for the run files.
+      plan: ``validate(cfg)``'s result when the caller already validated
+        (``xlafw.main`` does); None validates here.
 
     Raises:
       RunRefused: before the first step (unwritable or damaged checkpoints,
@@ -505,8 +592,9 @@ def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
     """
     setup_logging()
     stage(1, "logging set up")
-    validate(cfg)
-    stage(2, "config validated")
+    if plan is None:
+        plan = validate(cfg)
+    stage(2, "config validated: %s", plan.family.name)
     experiment: Experiment = fdl.build(cfg)
     run_dir = experiment.run_dir
     log.info("config:\n%s", printing.as_str_flattened(cfg))
@@ -516,7 +604,7 @@ def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
     else:
         write_run_files(cfg, run_dir, argv)  # each host's own directory
         stage(3, "config printed and saved to %s", run_dir)
-    trainer = Trainer(experiment, cfg, argv)
+    trainer = Trainer(experiment, cfg, argv, plan)
     from xlafw.checkpoint import CheckpointError
 
     try:
@@ -532,7 +620,7 @@ def train(cfg: fdl.Config, argv: Sequence[str] = ()) -> list[StepMetrics]:
     from xlafw import runtime
 
     summary = {
-        "num_parameters": trainer.num_parameters,
+        "num_parameters": plan.num_parameters,
         "compiles": runtime.compile_count(),
         "compile_seconds": runtime.compile_seconds(),
         "final": dataclasses.asdict(history[-1]) if history else None,

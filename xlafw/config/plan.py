@@ -2,44 +2,29 @@
 
 ``make_plan`` builds the model on the meta device (shapes, no memory, no XLA)
 and applies the config's mesh and sharding rules arithmetically. It is what
-``--dry_run`` prints and what validation's memory check compares against the
-device memory. Never imports torch_xla.
+``--dry_run`` prints, what validation's memory check compares against the
+device memory, and what the trainer is handed (parameter count, FLOPs per
+token) instead of recomputing it. Never imports torch_xla.
 
-Memory per device (parameters, gradients and AdamW state in ``trainer.param_dtype``;
-activations of one micro-batch: matmul outputs in ``trainer.compute_dtype``, the
-residual stream in ``param_dtype``, since under mixed precision only the matmuls are
-autocast and the layer inputs, residual adds and norms stay float32):
+The model-specific formulas belong to the model's family
+(``xlafw.models.family.ModelFamily``); this module applies them to a config.
+
+Memory per device (parameters, gradients and optimizer state in
+``trainer.param_dtype``):
 
 * parameters: each tensor's elements divided by the ways its spec splits it
   (``sharding.ways`` per dimension; no rule or ``()`` means replicated).
 * gradients: the same as the parameters.
-* optimizer state: AdamW's ``exp_avg`` and ``exp_avg_sq``, twice the parameters.
-* activations, per device for its ``tokens = global_batch * seq_len /
-  (data * fsdp * context)`` tokens, divided by ``tensor`` for the layer parts
-  (the tensor-parallel rules split the hidden dimension):
+* optimizer state: ``STATE_TENSORS_PER_PARAMETER`` parameter-sized tensors
+  (AdamW: ``exp_avg`` and ``exp_avg_sq``).
+* activations: the family's bytes per token
+  (``ModelFamily.activation_bytes_per_token``) times the tokens of one
+  micro-batch on one device: ``global_batch * seq_len / (grad_accum_steps *
+  batch ways * context)``.
 
-  - one decoder layer keeps ``4h + 2q + 2kv + 4i`` elements per token for its
-    backward: ``4h`` of residual stream (layer input, both norm outputs, the
-    residual after attention) and ``2q + 2kv + 4i`` of matmul outputs (query
-    and attention output, key and value, gate, up, silu(gate), their product),
-    with ``q`` = heads x head_dim and ``kv`` = kv heads x head_dim.
-    The reference attention kernel also keeps ``heads * seq_len`` scores
-    (float32) and probabilities (compute dtype) per token.
-  - without remat every layer keeps all of that; with ``LlamaDecoderLayer``
-    in ``remat.checkpoint_modules`` a layer keeps only its input (``h`` per
-    token) and one layer's full set is live again while it is recomputed.
-  - the head keeps the final norm's input and output (``2h``, residual), the logits in
-    the compute dtype and their float32 copy for the loss (``vocab`` each).
-
-  This ignores XLA's temporaries and fusion, so treat it as a floor with
-  roughly 10-20% to spare, not a promise.
-
-FLOPs (the formula MaxText uses and torchprime reports):
-``6 * N_matmul + 12 * layers * seq_len * q`` per token, where ``N_matmul``
-counts the parameters of matrix multiplies (every linear weight including the
-LM head; not the embedding lookup or the norms) and the second term is the
-attention score and value products, forward and backward, without a causal
-discount.
+FLOPs per token: the family's ``flops_per_token`` (``6 * N_matmul + 12 *
+layers * seq_len * q``, the formula MaxText uses and torchprime reports; a
+mixture of experts counts only the experts a token is routed to).
 """
 
 from __future__ import annotations
@@ -54,12 +39,11 @@ import torch
 
 from xlafw.config.errors import ConfigError
 from xlafw.config.hardware import Devices, resolve_devices
-from xlafw.parallel.mesh import MeshError
+from xlafw.dtypes import itemsize
+from xlafw.models.family import ActivationDtypes, ModelFamily, family_of
+from xlafw.optim import state_tensors_per_parameter
+from xlafw.parallel.mesh import MeshError, batch_ways
 from xlafw.parallel.sharding import ShardingRules, Spec, abstract_name, ways
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2}
-REMAT_LAYER = "LlamaDecoderLayer"
-LAYERS = "model.layers.*"
 
 
 @contextlib.contextmanager
@@ -127,10 +111,13 @@ class Plan:
 
     Attributes:
       experiment: the experiment's name.
+      family: the model's family.
       devices: what the plan is for.
       axis_sizes: the resolved mesh.
       parameter_groups: parameter count per top-level module group.
       num_parameters: the total parameter count.
+      active_parameters: parameters one token uses (fewer than
+        ``num_parameters`` for a mixture of experts).
       memory: estimated bytes per device.
       dtype: the dtypes the byte counts use (parameters; compute if it differs).
       remat_layers: whether decoder layers are recomputed in the backward.
@@ -141,10 +128,12 @@ class Plan:
     """
 
     experiment: str
+    family: ModelFamily
     devices: Devices
     axis_sizes: Mapping[str, int]
     parameter_groups: Mapping[str, int]
     num_parameters: int
+    active_parameters: int
     memory: MemoryEstimate
     dtype: str
     remat_layers: bool
@@ -202,51 +191,41 @@ def _dtype_description(cfg: fdl.Config) -> str:
     return f"{param} parameters and optimizer state, {compute} compute (mixed precision)"
 
 
+def remat_layers(cfg: fdl.Config, family: ModelFamily) -> bool:
+    """Whether the family's decoder layer is recomputed in the backward."""
+    return family.layer_class.__name__ in cfg.remat.checkpoint_modules
+
+
 def activation_bytes(cfg: fdl.Config, axes: Mapping[str, int]) -> int:
     """Activation memory per device under the remat policy (module docstring)."""
-    model = cfg.model.config
-    h, i, vocab = model.hidden_size, model.intermediate_size, model.vocab_size
-    head_dim = model.head_dim or h // model.num_attention_heads
-    q, kv = model.num_attention_heads * head_dim, model.num_key_value_heads * head_dim
-    seq, size = cfg.data.seq_len, DTYPE_BYTES[compute_dtype(cfg)]
-    residual = DTYPE_BYTES[cfg.trainer.param_dtype]
-    batch_ways = axes["data"] * axes["fsdp"] * axes["context"]
+    family = family_of(cfg.model)
+    dtypes = ActivationDtypes(
+        compute=itemsize(compute_dtype(cfg)), residual=itemsize(cfg.trainer.param_dtype)
+    )
+    per_token = family.activation_bytes_per_token(
+        fdl.build(cfg.model.config),
+        cfg.data.seq_len,
+        dtypes,
+        tensor_ways=axes["tensor"],
+        remat_layers=remat_layers(cfg, family),
+    )
     # Gradient accumulation keeps one micro-batch's activations alive at a time.
     micro_batch = cfg.data.global_batch_size / max(1, cfg.trainer.grad_accum_steps)
-    tokens = micro_batch * seq / batch_ways
-    tensor = axes["tensor"]
-    scores = model.num_attention_heads * seq * (4 + size)
-    per_layer = (4 * h * residual + (2 * q + 2 * kv + 4 * i) * size + scores) / tensor
-    layers = model.num_hidden_layers
-    if REMAT_LAYER in cfg.remat.checkpoint_modules:
-        kept = layers * h * residual / tensor + per_layer
-    else:
-        kept = layers * per_layer
-    head = 2 * h * residual + vocab * (size + 4)
-    return int(tokens * (kept + head))
+    tokens = micro_batch * cfg.data.seq_len / (batch_ways(axes) * axes["context"])
+    return int(tokens * per_token)
 
 
-def flops_per_token(cfg: fdl.Config, model: torch.nn.Module) -> int:
-    """``6 * N_matmul + 12 * layers * seq_len * q`` (module docstring)."""
-    matmul = sum(
-        p.numel()
-        for n, m in model.named_modules()
-        if isinstance(m, torch.nn.Linear)
-        for p in m.parameters(recurse=False)
-    )
-    config = cfg.model.config
-    q = config.num_attention_heads * (
-        config.head_dim or config.hidden_size // config.num_attention_heads
-    )
-    return 6 * matmul + 12 * config.num_hidden_layers * cfg.data.seq_len * q
+def flops_per_token(cfg: fdl.Config) -> int:
+    """Training FLOPs per token of the config's model (``ModelFamily.flops_per_token``)."""
+    return family_of(cfg.model).flops_per_token(fdl.build(cfg.model.config), cfg.data.seq_len)
 
 
 def estimate_memory(
     cfg: fdl.Config, model: torch.nn.Module, axes: Mapping[str, int]
 ) -> MemoryEstimate:
-    """Bytes per device of parameters, gradients, AdamW state and activations."""
+    """Bytes per device of parameters, gradients, optimizer state and activations."""
     rules: ShardingRules = fdl.build(cfg.sharding)
-    size = DTYPE_BYTES[cfg.trainer.param_dtype]
+    size = itemsize(cfg.trainer.param_dtype)
     elements = 0
     for row in sharding_table(model, rules, axes):
         elements += math.prod(row.local_shape) * row.copies
@@ -254,7 +233,7 @@ def estimate_memory(
     return MemoryEstimate(
         parameters=params,
         gradients=params,
-        optimizer_state=2 * params,
+        optimizer_state=state_tensors_per_parameter(cfg.optimizer) * params,
         activations=activation_bytes(cfg, axes),
     )
 
@@ -325,21 +304,25 @@ def make_plan(cfg: fdl.Config, devices: Devices, model: torch.nn.Module | None =
     """
     axes = resolve_mesh(cfg, devices)
     model = model if model is not None else meta_model(cfg)
+    family = family_of(cfg.model)
     groups: dict[str, int] = {}
     for name, param in model.named_parameters():
         group = parameter_group(name)
         groups[group] = groups.get(group, 0) + param.numel()
+    num_parameters = sum(groups.values())
     return Plan(
         experiment=cfg.name,
+        family=family,
         devices=devices,
         axis_sizes=axes,
         parameter_groups=groups,
-        num_parameters=sum(groups.values()),
+        num_parameters=num_parameters,
+        active_parameters=family.active_parameters(model.config, num_parameters),
         memory=estimate_memory(cfg, model, axes),
         dtype=_dtype_description(cfg),
-        remat_layers=REMAT_LAYER in cfg.remat.checkpoint_modules,
+        remat_layers=remat_layers(cfg, family),
         tokens_per_step=cfg.data.global_batch_size * cfg.data.seq_len,
-        flops_per_token=flops_per_token(cfg, model),
+        flops_per_token=flops_per_token(cfg),
         sharding=sharding_table(model, fdl.build(cfg.sharding), axes),
         data=data_summary(cfg),
     )
@@ -366,19 +349,22 @@ def format_plan(plan: Plan) -> str:
     lines = [f"dry run: {plan.experiment} on {plan.devices.description}", f"mesh: {mesh}", ""]
     if plan.data:
         lines += ["data", *(f"  {line}" for line in plan.data), ""]
-    lines.append("parameters")
+    lines.append(f"parameters ({plan.family.name})")
+    stack = f"{plan.family.layers_path}.*"
     for group, count in plan.parameter_groups.items():
         layers = next((r.copies for r in plan.sharding if r.name.startswith(group + ".")), 1)
-        label = f"{group} ({layers} layers)" if group == LAYERS else group
+        label = f"{group} ({layers} layers)" if group == stack else group
         lines.append(f"  {label:<34}{count:>20,}")
     lines.append(f"  {'total':<34}{plan.num_parameters:>20,}")
+    if plan.active_parameters != plan.num_parameters:
+        lines.append(f"  {'active per token':<34}{plan.active_parameters:>20,}")
     remat = "decoder layers keep only their input" if plan.remat_layers else "none"
     memory, limit = plan.memory, plan.devices.memory_bytes
     lines += ["", f"memory per device ({plan.dtype}; remat: {remat})"]
     for label, value in (
         ("parameters", memory.parameters),
         ("gradients", memory.gradients),
-        ("optimizer state (AdamW m, v)", memory.optimizer_state),
+        ("optimizer state", memory.optimizer_state),
         ("activations (estimate)", memory.activations),
     ):
         lines.append(f"  {label:<34}{human_bytes(value):>20}")

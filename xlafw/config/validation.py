@@ -2,10 +2,13 @@
 
 Every check reads the Fiddle graph, or the model built on the meta device
 (shapes, no memory); nothing here imports torch_xla. ``validate`` collects
-every problem and raises one ``ConfigError`` listing them. The memory check
-compares ``plan.estimate_memory`` with the devices' memory
-(``hardware.resolve_devices``: the TPU type's HBM for ``--target``, else this
-machine's available memory shared by the virtual CPU devices).
+every problem and raises one ``ConfigError`` listing them; when there is none
+it returns the ``Plan`` (parameters, FLOPs, memory, family) the trainer and
+``--dry_run`` use, so nothing is computed twice. The model's own checks belong
+to its family (``ModelFamily.problems``, ``mesh_problems``, ``scan_problem``,
+``tpu_only``). The memory check compares the plan's estimate with the devices'
+memory (``hardware.resolve_devices``: the TPU type's HBM for ``--target``, else
+this machine's available memory shared by the virtual CPU devices).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from fiddle import daglish
 from xlafw.config.errors import ConfigError, suggest
 from xlafw.config.hardware import Devices, backend, detected_device_count, resolve_devices
 from xlafw.config.overrides import owner_name, parameters
-from xlafw.config.plan import estimate_memory, human_bytes, meta_model
-from xlafw.parallel.mesh import Mesh, MeshError
+from xlafw.config.plan import Plan, devices_for_dry_run, human_bytes, make_plan, meta_model
+from xlafw.dtypes import itemsize
+from xlafw.models.family import ModelFamily, UnknownFamilyError, family_of
+from xlafw.parallel.mesh import Mesh, MeshError, batch_ways
 from xlafw.parallel.sharding import check_rules
 
 __all__ = ["detected_device_count", "meta_model", "validate"]
@@ -49,25 +54,13 @@ def _missing_required(cfg: fdl.Buildable) -> Iterator[str]:
                 )
 
 
-def _model_checks(cfg: fdl.Config) -> Iterator[str]:
-    model = cfg.model.config
-    heads, kv = model.num_attention_heads, model.num_key_value_heads
-    if heads % kv:
-        yield (
-            f"model.config.num_attention_heads={heads} is not divisible by "
-            f"num_key_value_heads={kv}. Fix: choose kv heads that divide the heads."
-        )
-    if model.head_dim is None and model.hidden_size % heads:
-        yield (
-            f"model.config.hidden_size={model.hidden_size} is not divisible by "
-            f"num_attention_heads={heads}. Fix: change one, or set model.config.head_dim."
-        )
-    seq = cfg.data.seq_len
-    if seq > model.max_position_embeddings:
-        yield (
-            f"data.seq_len={seq} exceeds model.config.max_position_embeddings="
-            f"{model.max_position_embeddings}. Fix: shorten the sequence or raise the limit."
-        )
+def _model_checks(cfg: fdl.Config, family: ModelFamily) -> Iterator[str]:
+    try:
+        config = fdl.build(cfg.model.config)
+    except (TypeError, ValueError) as e:
+        yield f"model.config: {e}"
+        return
+    yield from family.problems(config, cfg.data.seq_len)
     yield from _tokenizer_checks(cfg)
 
 
@@ -181,11 +174,7 @@ def _hf_checkpoint_checks(cfg: fdl.Config, directory: str) -> Iterator[str]:
     """The Hugging Face directory exists and describes the configured model."""
     import json
 
-    from xlafw.models.hf_config import (  # imports no torch_xla
-        ARCHITECTURE_FIELDS,
-        hf_config_to_llama_config,
-        remote_checkpoint_problem,
-    )
+    from xlafw.models.hf_config import config_from_hf, remote_checkpoint_problem
 
     if problem := remote_checkpoint_problem(directory):
         yield f"trainer.init_from_hf={problem}"
@@ -199,21 +188,31 @@ def _hf_checkpoint_checks(cfg: fdl.Config, directory: str) -> Iterator[str]:
         return
     try:
         with open(config_file) as f:
-            theirs = hf_config_to_llama_config(json.load(f))
+            family, theirs = config_from_hf(json.load(f))
     except ValueError as e:  # HfCheckpointError or bad JSON: a user error here
         yield f"trainer.init_from_hf={directory}: {e}"
         return
-    ours = fdl.build(cfg.model.config)
-    for field in ARCHITECTURE_FIELDS:
-        if getattr(ours, field) != getattr(theirs, field):
+    ours = family_of(cfg.model)
+    if family is not ours:
+        yield (
+            f"trainer.init_from_hf={directory} holds a {family.name} model "
+            f"({family.hf_architecture}) but the experiment's model is {ours.name}. Fix: "
+            f"point it at a {ours.name} checkpoint, or use a {family.name} experiment."
+        )
+        return
+    config = fdl.build(cfg.model.config)
+    for field in family.architecture_fields:
+        if getattr(config, field) != getattr(theirs, field):
             yield (
-                f"trainer.init_from_hf: model.config.{field}={getattr(ours, field)} but the "
+                f"trainer.init_from_hf: model.config.{field}={getattr(config, field)} but the "
                 f"checkpoint has {getattr(theirs, field)}. Fix: "
                 f"--fdl_set=model.config.{field}={getattr(theirs, field)}."
             )
 
 
-def _mesh_checks(cfg: fdl.Config, num_devices: int | None, on_tpu: bool) -> Iterator[str]:
+def _mesh_checks(
+    cfg: fdl.Config, family: ModelFamily, num_devices: int | None, on_tpu: bool
+) -> Iterator[str]:
     if num_devices is None:
         return
     mesh: Mesh = fdl.build(cfg.mesh)
@@ -227,28 +226,29 @@ def _mesh_checks(cfg: fdl.Config, num_devices: int | None, on_tpu: bool) -> Iter
         )
         yield f"mesh: {e}{hint}"
         return
-    batch_ways = axes["data"] * axes["fsdp"]
+    yield from family.mesh_problems(fdl.build(cfg.model.config), axes)
+    ways = batch_ways(axes)
     accum = cfg.trainer.grad_accum_steps
-    if cfg.data.global_batch_size % batch_ways:
+    if cfg.data.global_batch_size % ways:
         yield (
             f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by the "
-            f"data-parallel ways (data x fsdp = {batch_ways}). Fix: use a multiple of {batch_ways}."
+            f"data-parallel ways (data x fsdp x expert = {ways}). Fix: use a multiple of {ways}."
         )
-    elif isinstance(accum, int) and accum > 1 and cfg.data.global_batch_size % (accum * batch_ways):
+    elif isinstance(accum, int) and accum > 1 and cfg.data.global_batch_size % (accum * ways):
         yield (
             f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by "
-            f"trainer.grad_accum_steps x data-parallel ways ({accum} x {batch_ways}): every "
+            f"trainer.grad_accum_steps x data-parallel ways ({accum} x {ways}): every "
             f"micro-batch must split evenly over the devices. Fix: use a multiple of "
-            f"{accum * batch_ways}, or fewer accumulation steps."
+            f"{accum * ways}, or fewer accumulation steps."
         )
     evaluation = cfg.eval
     if evaluation.every_steps and evaluation.data is not None:
         eval_batch = evaluation.data.global_batch_size
-        if eval_batch % batch_ways:
+        if eval_batch % ways:
             yield (
                 f"eval.data.global_batch_size={eval_batch} is not divisible by the "
-                f"data-parallel ways (data x fsdp = {batch_ways}). Fix: use a multiple of "
-                f"{batch_ways}."
+                f"data-parallel ways (data x fsdp x expert = {ways}). Fix: use a multiple of "
+                f"{ways}."
             )
     if math.prod(mesh.dcn.as_tuple()) > 1 and not on_tpu:
         yield (
@@ -282,7 +282,15 @@ def _on_tpu(target: str | None, purpose: str) -> bool:
     return purpose == "plan" or target is not None or backend() == "TPU"
 
 
-def _kernel_checks(cfg: fdl.Config, target: str | None, purpose: str) -> Iterator[str]:
+def _kernel_checks(
+    cfg: fdl.Config, family: ModelFamily, target: str | None, purpose: str
+) -> Iterator[str]:
+    tpu_setting = family.tpu_only(fdl.build(cfg.model.config))
+    if tpu_setting and not _on_tpu(target, purpose):
+        yield (
+            f"{tpu_setting} needs a TPU: its Pallas kernel does not run on XLA's {backend()} "
+            f"backend. Fix: choose the static-shape implementation here, or run on a TPU."
+        )
     kernel = cfg.model.config.attention_kernel
     if kernel.needs_tpu and not _on_tpu(target, purpose):
         yield (
@@ -301,9 +309,16 @@ def _kernel_checks(cfg: fdl.Config, target: str | None, purpose: str) -> Iterato
 
 
 def _remat_checks(
-    cfg: fdl.Config, model: torch.nn.Module, target: str | None, purpose: str
+    cfg: fdl.Config,
+    family: ModelFamily,
+    model: torch.nn.Module,
+    target: str | None,
+    purpose: str,
 ) -> Iterator[str]:
     """The remat policy against the real module tree and the backend."""
+    layer_name = family.layer_class.__name__
+    if cfg.remat.scan_layers and (reason := family.scan_problem(model.config)):
+        yield f"remat.scan_layers={cfg.remat.scan_layers!r}: {reason} Fix: remat.scan_layers=None."
     classes = {type(m).__name__ for m in model.modules()}
     remat = cfg.remat
     for field in ("checkpoint_modules", "optimization_barrier_modules", "pure_modules"):
@@ -332,7 +347,7 @@ def _remat_checks(
             yield (
                 f"remat.scan_layers={remat.scan_layers!r} is a {type(stack).__name__} of "
                 f"{sorted(kinds)}; scan needs a ModuleList of one layer class, called as "
-                f"stack(h, *inputs) (like LlamaModel.layers)."
+                f"stack(h, *inputs) (like {family.layers_path})."
             )
         else:
             layer_class = kinds.pop()
@@ -368,8 +383,8 @@ def _remat_checks(
             yield (
                 "remat.offload_tensors needs scan + checkpointing of the scanned layer: the "
                 "offloaded tensors are the ones the scan's remat partitioner saves. Fix: set "
-                "remat.scan_layers='model.layers' and remat.checkpoint_modules="
-                "('LlamaDecoderLayer',)."
+                f"remat.scan_layers={family.layers_path!r} and remat.checkpoint_modules="
+                f"({layer_name!r},)."
             )
         if not _on_tpu(target, purpose):
             yield (
@@ -394,15 +409,11 @@ def _model_tree_checks(
         yield f"sharding: {problem}"
 
 
-def _memory_checks(cfg: fdl.Config, model: torch.nn.Module, devices: Devices) -> Iterator[str]:
+def _memory_checks(plan: Plan) -> Iterator[str]:
     """The estimated bytes per device (see ``plan``) against the device's memory."""
+    devices, estimate = plan.devices, plan.memory
     if devices.memory_bytes is None:
         return
-    try:
-        axes = fdl.build(cfg.mesh).resolve(devices.count or 1)
-    except MeshError:
-        return  # reported by the mesh checks
-    estimate = estimate_memory(cfg, model, axes)
     if estimate.total > devices.memory_bytes:
         yield (
             f"memory: the estimate is {human_bytes(estimate.total)} per device (parameters "
@@ -415,12 +426,11 @@ def _memory_checks(cfg: fdl.Config, model: torch.nn.Module, devices: Devices) ->
         )
 
 
-def _host_init_checks(cfg: fdl.Config, model: torch.nn.Module) -> Iterator[str]:
+def _host_init_checks(cfg: fdl.Config, plan: Plan) -> Iterator[str]:
     """``trainer.init_on=host`` builds the whole model in host memory first."""
     if cfg.trainer.init_on != "host":
         return
-    itemsize = 2 if cfg.trainer.param_dtype == "bfloat16" else 4
-    needed = sum(p.numel() for p in model.parameters()) * itemsize
+    needed = plan.num_parameters * itemsize(cfg.trainer.param_dtype)
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > available:
         yield (
@@ -438,8 +448,9 @@ def validate(
     target: str | None = None,
     num_slices: int = 1,
     purpose: Literal["train", "plan"] = "train",
-) -> None:
-    """Raises ``ConfigError`` listing every problem in ``cfg``.
+    devices: Devices | None = None,
+) -> Plan:
+    """Checks ``cfg``; returns its plan, or raises ``ConfigError`` listing every problem.
 
     Args:
       cfg: the experiment config, overrides applied.
@@ -453,6 +464,12 @@ def validate(
         device memory and that this backend can run what it asks for (kernels,
         host offload). ``plan`` (``--dry_run``) skips those two: a plan reports
         the estimate, and planning a TPU run on a laptop is its point.
+      devices: what to plan for, when the caller already resolved it (a dry run
+        on a machine too small for the mesh plans for the fewest devices it
+        takes); overrides ``num_devices``, ``target`` and ``num_slices``' count.
+
+    Returns:
+      The plan: parameters, memory per device, FLOPs per token, sharding, family.
 
     Raises:
       ConfigError: with every problem found.
@@ -460,22 +477,34 @@ def validate(
     problems = list(_missing_required(cfg))
     if problems:  # later checks read required fields
         raise ConfigError(problems)
-    devices = resolve_devices(num_devices, target, num_slices)
+    try:
+        family = family_of(cfg.model)
+    except UnknownFamilyError as e:
+        raise ConfigError([f"model: {e}"]) from None
+    if devices is None:
+        devices = resolve_devices(num_devices, target, num_slices)
     model = meta_model(cfg)
+    on_tpu = _on_tpu(target, purpose)
     checks = [
         _trainer_checks(cfg),
         _eval_checks(cfg),
         _source_checks(cfg),
-        _model_checks(cfg),
-        _mesh_checks(cfg, devices.count, _on_tpu(target, purpose)),
+        _model_checks(cfg, family),
+        _mesh_checks(cfg, family, devices.count, on_tpu),
         _slice_checks(cfg, target, num_slices),
         _model_tree_checks(cfg, model, devices.count),
-        _remat_checks(cfg, model, target, purpose),
-        _kernel_checks(cfg, target, purpose),
+        _remat_checks(cfg, family, model, target, purpose),
+        _kernel_checks(cfg, family, target, purpose),
     ]
-    if purpose == "train":
-        checks += [_memory_checks(cfg, model, devices), _host_init_checks(cfg, model)]
     for check in checks:
         problems.extend(check)
     if problems:
         raise ConfigError(problems)
+    if devices.count is None:  # a TPU host before its runtime: plan for the fewest devices
+        devices = devices_for_dry_run(cfg, devices)
+    plan = make_plan(cfg, devices, model)
+    if purpose == "train":
+        problems = [*_memory_checks(plan), *_host_init_checks(cfg, plan)]
+        if problems:
+            raise ConfigError(problems)
+    return plan

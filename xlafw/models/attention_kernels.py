@@ -28,9 +28,9 @@ import math
 
 import torch
 
+from xlafw.parallel.mesh import AXIS_NAMES, BATCH_AXES
+
 LANE = 128  # TPU vector lanes: kernel blocks are multiples of this.
-# Mesh axes the batch dimension is split over (xlafw.parallel.rules.BATCH).
-BATCH_AXES = ("data", "fsdp")
 HEAD_AXIS = "tensor"
 
 
@@ -169,7 +169,7 @@ class PartitionSpecs:
 
 
 def kernel_partition_specs(axis_sizes: dict[str, int], heads: int) -> PartitionSpecs:
-    """Batch over ``data`` x ``fsdp``, heads over ``tensor``, as the rules shard activations.
+    """Batch over ``BATCH_AXES``, heads over ``tensor``, as the rules shard activations.
 
     Axes missing from the mesh are left out; heads stay whole when ``tensor``
     does not divide them. The sequence is never split: neither kernel accepts
@@ -252,8 +252,7 @@ def splash_attention(q, k, v, masks, *, is_causal: bool, sizes: KernelBlockSizes
     inputs = prepare_kernel_inputs(q * q.shape[-1] ** -0.5, k, v, masks, blocks)
     mesh = _global_mesh()
     if mesh is None:  # torch_xla's splash always goes through shard_map
-        names = ("data", "fsdp", "tensor", "context", "expert")
-        mesh = xs.Mesh(np.arange(1), (1,) * len(names), names)
+        mesh = xs.Mesh(np.arange(1), (1,) * len(AXIS_NAMES), AXIS_NAMES)
     specs = kernel_partition_specs(dict(mesh.shape()), q.shape[1])
     block_fields = {f"sa_block_{n}": blocks.q for n in ("q", "q_dkv", "q_dq")}
     block_fields |= {f"sa_block_{n}": blocks.kv for n in ("kv", "kv_compute", "kv_dkv")}

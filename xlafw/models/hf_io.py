@@ -1,7 +1,10 @@
-"""Hugging Face safetensors weights into and out of an (already sharded) xlafw Llama.
+"""Hugging Face safetensors weights into and out of an (already sharded) xlafw model.
 
-xlafw's parameter names are HF's (``model.layers.0.self_attn.q_proj.weight``),
-so no renaming happens. Both directions hold at most one tensor in host memory:
+Every family's parameter names are HF's (``model.layers.0.self_attn.q_proj.weight``);
+the one difference a family declares through ``ModelFamily.hf_sources`` is a
+parameter stored as several HF tensors (Mixtral's ``[experts, ...]`` weights,
+one HF tensor per expert), stacked along the first dimension here. Both
+directions hold at most one parameter in host memory:
 
 * **Load** (``load_hf_weights``) runs after the model was built and sharded
   (startup stage 8), so a 70B model is never whole on one host. A sharded
@@ -36,25 +39,21 @@ time; training then updates the two separately, and an export is untied.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from xlafw import storage
-from xlafw.models.hf_config import (
-    HfCheckpointError,
-    architecture_differences,
-    hf_config_to_llama_config,
-    llama_config_to_hf_config,
-    remote_checkpoint_problem,
-)
-from xlafw.models.llama import LlamaForCausalLM
+from xlafw.models.family import ModelFamily, family_of
+from xlafw.models.hf_config import HfCheckpointError, config_from_hf, remote_checkpoint_problem
 from xlafw.models.safetensors_stream import SAFETENSORS_DTYPES, plan_files, write_safetensors
 from xlafw.progress import Progress
 
@@ -62,9 +61,8 @@ __all__ = [
     "HfCheckpointError",
     "LoadedWeights",
     "SavedWeights",
-    "hf_config_to_llama_config",
-    "llama_config_to_hf_config",
     "load_hf_weights",
+    "read_hf_config",
     "save_hf_weights",
 ]
 
@@ -162,39 +160,87 @@ def read_hf_index(directory: str | os.PathLike) -> dict[str, TensorEntry]:
     return entries
 
 
-def _check(model: LlamaForCausalLM, directory: Path, entries: dict[str, TensorEntry]) -> bool:
-    """Raises one error listing every mismatch; returns whether lm_head comes from the embedding."""
-    config_json = json.loads((directory / "config.json").read_text())
+def read_hf_config(directory: str | os.PathLike) -> tuple[ModelFamily, object]:
+    """``(family, config)`` of a local Hugging Face directory's ``config.json``.
+
+    Raises:
+      HfCheckpointError: for a directory in a bucket, a missing or unreadable
+        ``config.json``, or a model no family reads.
+    """
+    if problem := remote_checkpoint_problem(directory):
+        raise HfCheckpointError(problem)
+    config_file = Path(directory) / "config.json"
+    try:
+        config_json = json.loads(config_file.read_text())
+    except FileNotFoundError:
+        raise HfCheckpointError(
+            f"{directory}: no config.json there. Fix: point to a Hugging Face checkpoint "
+            f"directory (config.json + *.safetensors)."
+        ) from None
+    except json.JSONDecodeError as e:
+        raise HfCheckpointError(f"{config_file}: not valid JSON ({e})") from None
+    return config_from_hf(config_json)
+
+
+def _sources(model: torch.nn.Module, family: ModelFamily, tied: bool) -> dict[str, tuple[str, ...]]:
+    """Each parameter's HF tensor names (several: stacked along a new first dimension)."""
+    sources = {}
+    for name, param in model.named_parameters():
+        if tied and name == TIED_HEAD:
+            sources[name] = (EMBEDDING,)
+        else:
+            sources[name] = family.hf_sources(name, tuple(param.shape))
+    return sources
+
+
+def _check(
+    model: torch.nn.Module,
+    family: ModelFamily,
+    directory: Path,
+    entries: dict[str, TensorEntry],
+) -> dict[str, tuple[str, ...]]:
+    """Raises one error listing every mismatch; returns each parameter's HF sources."""
+    theirs, checkpoint_config = read_hf_config(directory)
+    if theirs is not family:
+        raise HfCheckpointError(
+            f"{directory} holds a {theirs.name} model ({theirs.hf_architecture}); the model "
+            f"is {family.name}. Fix: build the model with xlafw.models.load_pretrained, or "
+            f"point to a {family.name} checkpoint."
+        )
     problems = [
-        f"config.json {d}"
-        for d in architecture_differences(model.config, hf_config_to_llama_config(config_json))
+        f"config.json {d}" for d in family.architecture_differences(model.config, checkpoint_config)
     ]
-    params = dict(model.named_parameters())
+    config_json = json.loads((directory / "config.json").read_text())
     tied = TIED_HEAD not in entries and bool(config_json.get("tie_word_embeddings"))
-    for name, param in params.items():
-        entry = entries.get(EMBEDDING if tied and name == TIED_HEAD else name)
-        if entry is None:
-            problems.append(f"missing tensor {name} (expected shape {list(param.shape)})")
-        elif entry.shape != tuple(param.shape):
-            problems.append(
-                f"{entry.file}: {name} has shape {list(entry.shape)}, "
-                f"the model expects {list(param.shape)}"
-            )
-        elif entry.dtype not in SAFETENSORS_DTYPES.values():
-            problems.append(f"{entry.file}: {name} is {entry.dtype}, not a floating dtype")
+    sources = _sources(model, family, tied)
+    for name, param in model.named_parameters():
+        names = sources[name]
+        expected = tuple(param.shape) if len(names) == 1 else tuple(param.shape[1:])
+        for source in names:
+            entry = entries.get(source)
+            if entry is None:
+                problems.append(f"missing tensor {source} (expected shape {list(expected)})")
+            elif entry.shape != expected:
+                problems.append(
+                    f"{entry.file}: {source} has shape {list(entry.shape)}, "
+                    f"the model expects {list(expected)}"
+                )
+            elif entry.dtype not in SAFETENSORS_DTYPES.values():
+                problems.append(f"{entry.file}: {source} is {entry.dtype}, not a floating dtype")
+    used = {source for names in sources.values() for source in names}
     problems += [
         f"{entry.file}: unexpected tensor {name} (no such parameter in the model)"
         for name, entry in entries.items()
-        if name not in params and not name.endswith(_DERIVED_SUFFIXES)
+        if name not in used and not name.endswith(_DERIVED_SUFFIXES)
     ]
     if problems:
         raise HfCheckpointError(
             f"the checkpoint in {directory} does not fit the model "
             f"({len(problems)} problems):\n  " + "\n  ".join(problems) + "\nFix: build the "
-            "model from this checkpoint's config (hf_config_to_llama_config), or point to "
+            "model from this checkpoint's config (xlafw.models.load_pretrained), or point to "
             "the checkpoint the model was configured for."
         )
-    return tied
+    return sources
 
 
 def _is_sharded(param: torch.Tensor) -> bool:
@@ -214,7 +260,7 @@ def _tiles_per_dim(sharding_spec: str, ndim: int) -> list[int]:
     return [int(t) for t in match.group(1).split(",")[:ndim]]
 
 
-def _load_shards(param: torch.Tensor, tensor_slice) -> None:
+def _load_shards(param: torch.Tensor, read: Callable[[tuple[slice, ...]], torch.Tensor]) -> None:
     """Reads only the slices of this host's shards and makes them the parameter's value.
 
     ``xs.wrap_if_sharded(param).local_shards`` / ``load_local_shards_`` would do
@@ -236,22 +282,53 @@ def _load_shards(param: torch.Tensor, tensor_slice) -> None:
     global_shape = list(param.shape)
     zeros = torch.zeros(shard_shape, dtype=param.dtype)
     placeholder = xla._global_tensor_from_cpu_shards([zeros] * num_local, op_sharding, global_shape)
-    read: dict[tuple, torch.Tensor] = {}  # replicas of one shard are read once
+    done: dict[tuple, torch.Tensor] = {}  # replicas of one shard are read once
     shards = []
     for _, indices in xla._get_local_shard_replica_and_indices([placeholder])[0]:
         key = tuple((s.start, s.stop) for s in indices)
-        if key not in read:
-            piece = tensor_slice[tuple(indices)].to(param.dtype)
-            read[key] = zeros.clone()
-            read[key][tuple(slice(0, n) for n in piece.shape)] = piece
-        shards.append(read[key])
+        if key not in done:
+            piece = read(tuple(indices)).to(param.dtype)
+            done[key] = zeros.clone()
+            done[key][tuple(slice(0, n) for n in piece.shape)] = piece
+        shards.append(done[key])
     # ``.data =`` (not ``_replace_xla_tensor``, which leaves ``param.detach()``,
     # hence ``state_dict()``, reading the old value through functionalization).
     param.data = xla._global_tensor_from_cpu_shards(shards, op_sharding, global_shape)
 
 
-def load_hf_weights(model: LlamaForCausalLM, directory: str | os.PathLike) -> LoadedWeights:
-    """Loads a local Hugging Face Llama checkpoint into a built (and sharded) model.
+class _Readers:
+    """Open safetensors files by name, each opened once (memory-mapped, read lazily)."""
+
+    def __init__(self, directory: Path, entries: dict[str, TensorEntry]):
+        self._directory, self._entries = directory, entries
+        self._stack = contextlib.ExitStack()
+        self._open: dict[str, object] = {}
+
+    def slice(self, name: str):
+        file = self._entries[name].file
+        if file not in self._open:
+            self._open[file] = self._stack.enter_context(
+                safe_open(self._directory / file, framework="pt")
+            )
+        return self._open[file].get_slice(name)
+
+    def reader(self, sources: tuple[str, ...]) -> Callable[[tuple[slice, ...]], torch.Tensor]:
+        """Reads an index slice of the parameter made of ``sources`` (stacked when several)."""
+        if len(sources) == 1:
+            return lambda index: self.slice(sources[0])[index]
+
+        def read(index: tuple[slice, ...]) -> torch.Tensor:
+            rows, rest = index[0], index[1:]
+            return torch.stack([self.slice(sources[i])[rest] for i in range(len(sources))[rows]])
+
+        return read
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def load_hf_weights(model: torch.nn.Module, directory: str | os.PathLike) -> LoadedWeights:
+    """Loads a local Hugging Face checkpoint into a built (and sharded) model of any family.
 
     Call it after the parameters were sharded and before the optimizer is
     created. Every file, name, shape and the architecture in ``config.json``
@@ -268,40 +345,37 @@ def load_hf_weights(model: LlamaForCausalLM, directory: str | os.PathLike) -> Lo
 
     Raises:
       HfCheckpointError: for a directory in a bucket (copy it to local disk
-        first), missing or unexpected tensors, a shape or architecture
-        mismatch (naming the file, tensor and both shapes).
+        first), another family's checkpoint, missing or unexpected tensors, a
+        shape or architecture mismatch (naming the file, tensor and both shapes).
       RuntimeError: if a parameter's sharding changed while loading.
     """
     if problem := remote_checkpoint_problem(directory):  # before Path() folds "gs://"
         raise HfCheckpointError(problem)
     directory = Path(directory)
+    family = family_of(model)
     entries = read_hf_index(directory)
-    tied = _check(model, directory, entries)
+    sources = _check(model, family, directory, entries)
     params = dict(model.named_parameters())
-    source_of = {name: EMBEDDING if tied and name == TIED_HEAD else name for name in params}
     on_xla = any(p.device.type == "xla" for p in params.values())
     if on_xla:
         import torch_xla
 
         sharding_spec = torch_xla._XLAC._get_xla_sharding_spec
         specs_before = {name: sharding_spec(p) for name, p in params.items()}
-    files = sorted({entries[source].file for source in source_of.values()})
     num_sharded = 0
     total_mib = sum(p.numel() * p.element_size() for p in params.values()) / 2**20
     progress = Progress(f"weights: importing {directory}", total_mib, "MiB")
-    with torch.no_grad(), progress:
-        for file in files:
-            with safe_open(directory / file, framework="pt") as reader:
-                for name, param in params.items():
-                    source = source_of[name]
-                    if entries[source].file != file:
-                        continue
-                    if on_xla and _is_sharded(param):
-                        _load_shards(param, reader.get_slice(source))
-                        num_sharded += 1
-                    else:
-                        param.copy_(reader.get_tensor(source).to(param.dtype))
-                    progress.update(param.numel() * param.element_size() / 2**20)
+    readers = _Readers(directory, entries)
+    with torch.no_grad(), progress, contextlib.closing(readers):
+        for name, param in params.items():
+            read = readers.reader(sources[name])
+            if on_xla and _is_sharded(param):
+                _load_shards(param, read)
+                num_sharded += 1
+            else:
+                whole = (slice(None),) * param.dim()
+                param.copy_(read(whole).to(param.dtype))
+            progress.update(param.numel() * param.element_size() / 2**20)
     if on_xla:
         # Both paths above transfer at once (no pending graph holds host tensors), so
         # this is the only sync: syncing earlier would run the pending initialization
@@ -314,13 +388,14 @@ def load_hf_weights(model: LlamaForCausalLM, directory: str | os.PathLike) -> Lo
         ]
         if changed:
             raise RuntimeError("loading changed parameter shardings:\n  " + "\n  ".join(changed))
+    used = [source for names in sources.values() for source in names]
     return LoadedWeights(
         directory=str(directory),
-        files=tuple(files),
+        files=tuple(sorted({entries[s].file for s in used})),
         num_tensors=len(params),
         num_sharded=num_sharded,
-        source_dtypes=tuple(sorted({entries[s].dtype for s in source_of.values()})),
-        lm_head_from_embedding=tied,
+        source_dtypes=tuple(sorted({entries[s].dtype for s in used})),
+        lm_head_from_embedding=sources.get(TIED_HEAD) == (EMBEDDING,),
     )
 
 
@@ -333,13 +408,13 @@ def _process_index_and_count(on_xla: bool) -> tuple[int, int]:
 
 
 def save_hf_weights(
-    model: LlamaForCausalLM,
+    model: torch.nn.Module,
     directory: str | os.PathLike,
     max_shard_bytes: int = 5 * 2**30,
 ) -> SavedWeights:
     """Writes the model in Hugging Face layout, to a local directory or a bucket.
 
-    ``config.json`` (``llama_config_to_hf_config``), the safetensors files (one
+    ``config.json`` (the family's ``to_hf_config``), the safetensors files (one
     ``model.safetensors``, or ``model-0000x-of-0000y.safetensors`` and
     ``model.safetensors.index.json`` when larger than ``max_shard_bytes``).
 
@@ -370,6 +445,7 @@ def save_hf_weights(
         raise FileExistsError(
             f"{directory} exists and is not empty. Fix: choose a new directory or remove it."
         )
+    family = family_of(model)
     params = [(name, p.detach()) for name, p in model.named_parameters()]
     on_xla = any(p.device.type == "xla" for _, p in params)
     process_index, process_count = _process_index_and_count(on_xla)
@@ -388,7 +464,7 @@ def save_hf_weights(
     for file, group in zip(files, groups, strict=True):
         gathered = (tensor.cpu() for _, tensor in group)
         if writer:
-            write_safetensors(out / file, group, gathered)
+            write_safetensors(out / file, group, gathered, family.hf_sources)
         else:
             for _ in gathered:  # join the collective gathers; process 0 writes
                 pass
@@ -398,14 +474,15 @@ def save_hf_weights(
             index = {
                 "metadata": {"total_size": total_bytes},
                 "weight_map": {
-                    name: file
+                    stored: file
                     for file, group in zip(files, groups, strict=True)
-                    for name, _ in group
+                    for name, tensor in group
+                    for stored in family.hf_sources(name, tuple(tensor.shape))
                 },
             }
             storage.write_text(out / INDEX_FILE, json.dumps(index, indent=2) + "\n")
         dtype = str(params[0][1].dtype).removeprefix("torch.")
-        config_json = llama_config_to_hf_config(model.config, dtype=dtype)
+        config_json = family.to_hf_config(model.config, dtype=dtype)
         # Last: in a bucket, config.json marks a complete export.
         storage.write_text(out / "config.json", json.dumps(config_json, indent=2) + "\n")
         if not in_place:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -47,6 +47,7 @@ def write_safetensors(
     path: storage.PathLike,
     tensors: list[tuple[str, torch.Tensor]],
     gathered: Iterator[torch.Tensor],
+    names: Callable[[str, tuple[int, ...]], tuple[str, ...]] = lambda name, shape: (name,),
 ) -> None:
     """Streams one safetensors file: the header first (shapes are known), then each tensor.
 
@@ -55,17 +56,29 @@ def write_safetensors(
     header (padded with spaces to 8 bytes), then the tensors' bytes in order.
     ``path`` may be local or an fsspec URL; the file appears whole or not at all
     (``storage.open_atomic``).
+
+    Args:
+      path: the file to write.
+      tensors: ``(name, tensor)`` in file order (the tensors give shapes and dtypes).
+      gathered: the same tensors' values on the host, in the same order.
+      names: the stored name(s) of a tensor. Several names store it as that
+        many tensors, its slices along the first dimension (a contiguous
+        ``[experts, ...]`` tensor is its experts' bytes back to back, so the
+        stream is unchanged).
     """
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, param in tensors:
-        nbytes = param.numel() * param.element_size()
-        header[name] = {
-            "dtype": SAFETENSORS_DTYPES[param.dtype],
-            "shape": list(param.shape),
-            "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
+        stored = names(name, tuple(param.shape))
+        shape = list(param.shape) if len(stored) == 1 else list(param.shape[1:])
+        nbytes = param.numel() * param.element_size() // len(stored)
+        for stored_name in stored:
+            header[stored_name] = {
+                "dtype": SAFETENSORS_DTYPES[param.dtype],
+                "shape": shape,
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
     header_bytes += b" " * (-len(header_bytes) % 8)
     with storage.open_atomic(path) as f:

@@ -1,11 +1,12 @@
 """Parallelism: the mesh, sharding rules and the remat policy (all pure config)."""
 
-from xlafw.parallel.mesh import AXIS_NAMES, AxisSizes, Mesh, MeshError
+from xlafw.parallel.mesh import AXIS_NAMES, BATCH_AXES, AxisSizes, Mesh, MeshError, batch_ways
 from xlafw.parallel.remat import RematPolicy
 from xlafw.parallel.sharding import ShardingRules, Spec, abstract_name
 
 __all__ = [
     "AXIS_NAMES",
+    "BATCH_AXES",
     "AxisSizes",
     "Mesh",
     "MeshError",
@@ -13,4 +14,5 @@ __all__ = [
     "ShardingRules",
     "Spec",
     "abstract_name",
+    "batch_ways",
 ]

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 
 import numpy as np
 import torch
 import torch_xla.distributed.spmd as xs
 
+from xlafw.config.hardware import backend, detected_device_count
 from xlafw.data.pipeline import HostShard
 from xlafw.experiment import Experiment
 from xlafw.parallel import remat_apply
-from xlafw.parallel.mesh import AXIS_NAMES, Mesh, host_data_shard
+from xlafw.parallel.mesh import AXIS_NAMES, BATCH_AXES, Mesh, host_data_shard
 from xlafw.parallel.remat import RematPolicy
 from xlafw.parallel.sharding import Spec, ways
 from xlafw.runtime import RuntimeInfo
@@ -25,9 +25,9 @@ from xlafw.runtime import RuntimeInfo
 
 def wants_spmd(mesh: Mesh) -> bool:
     """SPMD on TPU always; on CPU when the mesh spans several virtual devices."""
-    if os.environ.get("PJRT_DEVICE", "CPU").upper() != "CPU":
+    if backend() != "CPU":
         return True
-    return mesh.needs_spmd(int(os.environ.get("CPU_NUM_DEVICES", "1")))
+    return mesh.needs_spmd(detected_device_count() or 1)
 
 
 def patch_linears(model: torch.nn.Module, rt: RuntimeInfo) -> str:
@@ -77,7 +77,11 @@ class Sharded:
 
 
 def _annotate_output(mesh: xs.Mesh, spec: Spec):
+    """A forward hook annotating the output (the first element of a tuple output)."""
+
     def hook(module, args, output):
+        if isinstance(output, tuple):  # a layer that also returns per-layer statistics
+            return (xs.mark_sharding_with_gradients(output[0], mesh, spec), *output[1:])
         return xs.mark_sharding_with_gradients(output, mesh, spec)
 
     return hook
@@ -117,7 +121,7 @@ def shard(model: torch.nn.Module, exp: Experiment, rt: RuntimeInfo) -> Sharded:
             module.register_forward_hook(_annotate_output(mesh, spec))
             hooked += 1
     seq_axis = "context" if axis_sizes["context"] > 1 else None
-    input_spec = (("data", "fsdp"), seq_axis)
+    input_spec = (BATCH_AXES, seq_axis)
     # Each host supplies only its rows when there are several hosts.
     input_sharding = xs.ShardingSpec(mesh, input_spec, minibatch=rt.process_count > 1)
     ids = np.asarray(mesh.device_ids).reshape(mesh.mesh_shape)

@@ -15,6 +15,16 @@ import math
 import numpy as np
 
 AXIS_NAMES = ("data", "fsdp", "tensor", "context", "expert")
+# The axes the batch dimension is split over, in this order (the input sharding,
+# the activation rules, the data split per host and the divisibility checks all
+# read it). ``expert`` is one of them: outside the MoE blocks the expert axis is
+# data parallel, as in MaxText, so no device computes another's tokens.
+BATCH_AXES = ("data", "fsdp", "expert")
+
+
+def batch_ways(axis_sizes: dict[str, int]) -> int:
+    """Into how many parts the batch dimension is split (``BATCH_AXES`` multiplied)."""
+    return math.prod(axis_sizes.get(a, 1) for a in BATCH_AXES)
 
 
 class MeshError(ValueError):
@@ -106,8 +116,9 @@ def host_data_shard(
 ) -> tuple[int, int]:
     """Which part of the global batch one host must read.
 
-    The batch dimension is split over ``data`` x ``fsdp``: device ``d`` at mesh
-    coordinate ``(data=a, fsdp=f, ...)`` holds batch shard ``a * fsdp + f``. A
+    The batch dimension is split over ``BATCH_AXES`` (data x fsdp x expert):
+    device ``d`` at mesh coordinate ``(data=a, fsdp=f, expert=e, ...)`` holds
+    batch shard ``(a * fsdp + f) * expert + e``. A
     host needs the shards of its own devices (host ``h`` owns device ids
     ``[h * devices_per_host, (h + 1) * devices_per_host)``). Hosts that need
     the same shards (a mesh whose tensor axis spans hosts) read the same data;
@@ -128,11 +139,13 @@ def host_data_shard(
     """
     shape = dict(zip(AXIS_NAMES, device_ids.shape, strict=False))
     hosts: dict[int, set[int]] = {}
+    batch_dims = [AXIS_NAMES.index(a) for a in BATCH_AXES]
+    batch_shape = [shape[a] for a in BATCH_AXES]
     for coord, device in np.ndenumerate(device_ids):
-        shard = coord[0] * shape["fsdp"] + coord[1]
+        shard = int(np.ravel_multi_index([coord[i] for i in batch_dims], batch_shape))
         hosts.setdefault(int(device) // devices_per_host, set()).add(shard)
     groups = sorted({frozenset(s) for s in hosts.values()}, key=min)
-    total = shape["data"] * shape["fsdp"]
+    total = batch_ways(shape)
     sizes = {len(g) for g in groups}
     covered = sorted(s for g in groups for s in g)
     if len(sizes) != 1 or covered != list(range(total)):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from xlafw.parallel.mesh import BATCH_AXES
 from xlafw.parallel.sharding import ShardingRules
 
 # Tensors the scanned layer can send to host memory, by name.
@@ -72,6 +73,6 @@ def unannotated_scan_carry(remat: RematPolicy, rules: ShardingRules, spmd: bool)
     return (
         f"remat.scan_layers={path!r} but no sharding.activations rule matches '{path}.*': "
         "the scan carry's sharding is left to propagation, which can reshard it every "
-        f"layer. Fix: add ('{path}.*', (('data', 'fsdp'), None, None)) to "
-        "sharding.activations, as LLAMA_FSDP does."
+        f"layer. Fix: add ('{path}.*', ({BATCH_AXES!r}, None, None)) to "
+        "sharding.activations, as the stock rule sets do."
     )

@@ -16,7 +16,6 @@ runs on one device, and a host load reads the same files on every backend.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import fiddle as fdl
@@ -178,8 +177,9 @@ def from_hf_dir(hf_dir: str) -> LoadedModel:
       SampleError: a missing directory or one without ``config.json``.
       HfCheckpointError: a config or tensors that are not a Llama xlafw can build.
     """
+    from xlafw.models import load_pretrained
     from xlafw.models.hf_config import remote_checkpoint_problem
-    from xlafw.models.hf_io import hf_config_to_llama_config, load_hf_weights
+    from xlafw.models.hf_io import read_hf_config
 
     if problem := remote_checkpoint_problem(hf_dir):
         raise SampleError(f"--hf_dir={problem}")
@@ -190,11 +190,13 @@ def from_hf_dir(hf_dir: str) -> LoadedModel:
             f"--hf_dir={hf_dir}: {what}. Fix: point to a directory written by "
             f"save_pretrained or xlafw's export (config.json + model*.safetensors)."
         )
-    with open(config_file) as f:
-        config = hf_config_to_llama_config(json.load(f))
-    with default_dtype(torch.float32):
-        model = LlamaForCausalLM(config)
-    load_hf_weights(model, hf_dir)
+    family, _ = read_hf_config(hf_dir)
+    if family.model_class is not LlamaForCausalLM:
+        raise SampleError(
+            f"--hf_dir={hf_dir}: holds a {family.name} model; sampling (its KV cache) knows "
+            f"Llama models only."
+        )
+    model = load_pretrained(hf_dir, dtype=torch.float32)
     has_tokenizer = any(os.path.exists(os.path.join(hf_dir, f)) for f in HF_TOKENIZER_FILES)
     tokenizer = HuggingFaceTokenizer(name_or_path=hf_dir) if has_tokenizer else None
     return LoadedModel(model.eval(), tokenizer, hf_dir)

@@ -11,6 +11,7 @@ RMSNorm gains = 1, as in Hugging Face's Llama. There are no biases.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +19,26 @@ from torch import nn
 
 from xlafw.models.attention import Attention, AttentionKernel, AttentionMasks
 from xlafw.models.attention_kernels import KernelBlockSizes
+from xlafw.models.layers import (
+    IGNORE_INDEX,
+    CausalLMOutput,
+    DecoderLayers,
+    RMSNorm,
+    causal_lm_output,
+    count_targets,
+)
 from xlafw.models.rope import Llama3RopeScaling, RotaryEmbedding
 
-IGNORE_INDEX = -100
+__all__ = [
+    "IGNORE_INDEX",
+    "CausalLMOutput",
+    "LlamaConfig",
+    "LlamaDecoderLayer",
+    "LlamaForCausalLM",
+    "LlamaMLP",
+    "LlamaModel",
+    "RMSNorm",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,20 +86,15 @@ class LlamaConfig:
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.hidden_size // self.num_attention_heads
 
+    @property
+    def q_width(self) -> int:
+        """Query (and attention output) width: heads x head_dim."""
+        return self.num_attention_heads * self.resolved_head_dim
 
-class RMSNorm(nn.Module):
-    """Root-mean-square layer norm, computed in float32."""
-
-    def __init__(self, size: int, eps: float):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(size))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+    @property
+    def kv_width(self) -> int:
+        """Key (and value) width: KV heads x head_dim."""
+        return self.num_key_value_heads * self.resolved_head_dim
 
 
 class LlamaMLP(nn.Module):
@@ -97,22 +110,27 @@ class LlamaMLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+def llama_attention(config: LlamaConfig, rotary: RotaryEmbedding) -> Attention:
+    """The attention block of a Llama layer (Mixtral's layers use the same)."""
+    return Attention(
+        config.hidden_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.resolved_head_dim,
+        rotary,
+        kernel=config.attention_kernel,
+        is_causal=config.is_causal,
+        block_sizes=config.attention_block_sizes,
+    )
+
+
 class LlamaDecoderLayer(nn.Module):
     """Pre-norm attention block followed by a pre-norm MLP block."""
 
     def __init__(self, config: LlamaConfig, rotary: RotaryEmbedding):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(
-            config.hidden_size,
-            config.num_attention_heads,
-            config.num_key_value_heads,
-            config.resolved_head_dim,
-            rotary,
-            kernel=config.attention_kernel,
-            is_causal=config.is_causal,
-            block_sizes=config.attention_block_sizes,
-        )
+        self.self_attn = llama_attention(config, rotary)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config.hidden_size, config.intermediate_size)
 
@@ -123,34 +141,25 @@ class LlamaDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class DecoderLayers(nn.ModuleList):
-    """The decoder stack, run layer after layer.
+class LlamaModel(nn.Module):
+    """Embedding, decoder stack and final norm (no LM head).
 
-    A plain ``nn.ModuleList`` (parameter names stay ``layers.N.*``) with a
-    forward, so the remat policy can swap in a scanned version of the same
-    layers (``xlafw.parallel.remat_apply.ScannedLayers``) without the model
-    knowing: every layer takes the hidden states plus the same broadcast inputs.
+    Args:
+      config: the model's hyper-parameters.
+      layer: builds one decoder layer from the config and the shared rotary
+        table (Mixtral passes its MoE layer).
     """
 
-    def forward(
-        self, h: torch.Tensor, position_ids: torch.Tensor, masks: AttentionMasks
-    ) -> torch.Tensor:
-        for layer in self:
-            h = layer(h, position_ids, masks)
-        return h
-
-
-class LlamaModel(nn.Module):
-    """Embedding, decoder stack and final norm (no LM head)."""
-
-    def __init__(self, config: LlamaConfig):
+    def __init__(
+        self,
+        config: LlamaConfig,
+        layer: Callable[[LlamaConfig, RotaryEmbedding], nn.Module] = LlamaDecoderLayer,
+    ):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         # One rotary table shared by every layer; it holds no parameters.
         rotary = RotaryEmbedding(config.resolved_head_dim, config.rope_theta, config.rope_scaling)
-        self.layers = DecoderLayers(
-            LlamaDecoderLayer(config, rotary) for _ in range(config.num_hidden_layers)
-        )
+        self.layers = DecoderLayers(layer(config, rotary) for _ in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(
@@ -164,27 +173,6 @@ class LlamaModel(nn.Module):
         h = self.embed_tokens(input_ids)
         h = self.layers(h, position_ids, masks)
         return self.norm(h)
-
-
-@dataclasses.dataclass
-class CausalLMOutput:
-    """What a forward pass returns.
-
-    Attributes:
-      loss: mean cross-entropy over target tokens (labels != -100), or None
-        when no labels were given.
-      logits: ``[batch, seq, vocab]`` float32 logits; None when labels were given
-        (the loss path never materializes full-sequence logits).
-      num_target_tokens: how many tokens contributed to the loss.
-      loss_sum: the summed cross-entropy (``loss * num_target_tokens``), which
-        gradient accumulation weights by the global batch's target tokens; 0
-        (not NaN) when no token is a target.
-    """
-
-    loss: torch.Tensor | None
-    logits: torch.Tensor | None
-    num_target_tokens: torch.Tensor | None
-    loss_sum: torch.Tensor | None = None
 
 
 class LlamaForCausalLM(nn.Module):
@@ -205,10 +193,7 @@ class LlamaForCausalLM(nn.Module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
 
-    @staticmethod
-    def count_targets(labels: torch.Tensor) -> torch.Tensor:
-        """Tokens the loss is taken over: labels shifted by one, -100 excluded."""
-        return (labels[:, 1:] != IGNORE_INDEX).sum()
+    count_targets = staticmethod(count_targets)
 
     def forward(
         self,
@@ -236,18 +221,4 @@ class LlamaForCausalLM(nn.Module):
         """
         masks = AttentionMasks(padding=attention_mask, segment_ids=segment_ids)
         h = self.model(input_ids, position_ids, masks)
-        if labels is None:
-            return CausalLMOutput(loss=None, logits=self.lm_head(h).float(), num_target_tokens=None)
-        logits = self.lm_head(h[:, :-1]).float()
-        targets = labels[:, 1:]
-        loss_sum = F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            targets.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        num_targets = self.count_targets(labels)
-        loss = loss_sum / num_targets.clamp(min=1)
-        return CausalLMOutput(
-            loss=loss, logits=None, num_target_tokens=num_targets, loss_sum=loss_sum
-        )
+        return causal_lm_output(self.lm_head, h, labels)
