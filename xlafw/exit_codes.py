@@ -12,6 +12,8 @@ never be retried, and exits with a small code of its own.
 | 1    | an unexpected error (a bug, a lost device)           | no        |
 | 2    | configuration or input error; nothing was trained    | no        |
 | 3    | non-finite loss; the newest good checkpoint is kept  | no        |
+| 4    | an input or resource failed while running (a data    | no        |
+|      | file vanished, a full disk, device out of memory)    |           |
 | 42   | stopped by SIGTERM/SIGINT after saving a checkpoint  | yes       |
 """
 
@@ -27,4 +29,5 @@ class ExitCode(enum.IntEnum):
     ERROR = 1
     CONFIG_ERROR = 2
     NON_FINITE_LOSS = 3
+    RUNTIME_INPUT = 4
     PREEMPTED = 42

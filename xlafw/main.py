@@ -4,6 +4,7 @@ Flags (Fiddle's own, plus xlafw's):
   --fdl_config=NAME           experiment function in experiments/ (``experiments.`` optional)
   --fdl_config_file=PATH      a saved config.json instead (from a run directory)
   --fiddler=NAME              apply a named edit from experiments/fiddlers.py (repeatable)
+  --allow_package=PKG         let --fdl_config_file and --fiddler=PKG.module.fn name PKG's code
   --fdl_set=PATH=VALUE        set one field (repeatable); also spelled --fdl.PATH=VALUE
   --list                      list experiments and fiddlers, then exit
   --print_config              print the flattened config and its hash, then exit
@@ -69,6 +70,12 @@ _EXPECT_HASH = flags.DEFINE_string(
 _SWEEP = flags.DEFINE_multi_string(
     "sweep", [], "PATH=[V1,V2,...]: one trial per value; repeat for a grid. Needs --sweep_dir."
 )
+_ALLOW_PACKAGE = flags.DEFINE_multi_string(
+    "allow_package",
+    [],
+    "A package (besides xlafw and experiments) whose callables --fdl_config_file and "
+    "--fiddler=module.function may name; repeatable. Without it a config file is pure data.",
+)
 _SWEEP_DIR = flags.DEFINE_string(
     "sweep_dir", None, "Write one config.json per --sweep trial here, print the commands, exit."
 )
@@ -81,7 +88,11 @@ def _list() -> None:
 
 def _build() -> fdl.Config:
     return build_config(
-        FLAGS.fdl_config, FLAGS.fdl_config_file, FLAGS.fiddler or (), FLAGS.fdl_set or ()
+        FLAGS.fdl_config,
+        FLAGS.fdl_config_file,
+        FLAGS.fiddler or (),
+        FLAGS.fdl_set or (),
+        allowed_packages=tuple(_ALLOW_PACKAGE.value),
     )
 
 
@@ -207,6 +218,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr)
         if isinstance(e, trainer.NonFiniteLoss):
             return ExitCode.NON_FINITE_LOSS
+        if isinstance(e, trainer.RunFailed):
+            return e.exit_code
         return ExitCode.ERROR
     return ExitCode.OK
 

@@ -89,6 +89,18 @@ class RunRefused(RuntimeError):
     """The run cannot start (unwritable checkpoints, config drift); nothing was trained."""
 
 
+class RunFailed(TrainingStopped):
+    """An input, a resource or the code failed after the runtime started.
+
+    Attributes:
+      exit_code: ``xlafw.exit_codes.ExitCode`` for the process (1 or 4).
+    """
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Trainer:
     """Trains one built experiment on the XLA runtime.
 
@@ -117,6 +129,7 @@ class Trainer:
         self.run_dir = experiment.run_dir
         self.settings = experiment.trainer
         self.start_step = 0
+        self.step: int | None = None  # the step running; None during start-up
         self.preempted_at: int | None = None
         self._evaluated = False
         self._stop_signal: int | None = None
@@ -477,6 +490,7 @@ class Trainer:
         compiles, shapes = runtime.compile_count(), None
         step = self.start_step
         for step in range(self.start_step + 1, settings.max_steps + 1):
+            self.step = step
             batch = next(self.batches)
             if profile and step == profile[0]:
                 xm.wait_device_ops()
@@ -550,6 +564,34 @@ class Trainer:
                 f"{self.checkpoints.path(newest[-1]) if newest else 'none'}."
             ) from None
 
+    def failure(self, error: Exception) -> RunFailed:
+        """One message for an unexpected error: what, when, what was saved; traceback to a file."""
+        from xlafw import failures
+
+        rt = getattr(self, "rt", None)
+        process_index, process_count = (rt.process_index, rt.process_count) if rt else (0, 1)
+        log_file = failures.write_traceback(self.run_dir, error, process_index, process_count)
+        diagnosis = failures.diagnose(error)
+        when = "during start-up" if self.step is None else f"at step {self.step}"
+        saved = "nothing saved yet"
+        checkpoints = getattr(self, "checkpoints", None)
+        if checkpoints is not None:
+            try:
+                newest = checkpoints.steps()
+            except Exception:  # the storage may be what failed
+                newest = None
+            if newest:
+                saved = f"the newest committed checkpoint is {checkpoints.path(newest[-1])}"
+            elif newest is None:
+                saved = f"cannot list {checkpoints.directory}"
+        parts = [
+            f"{diagnosis.what} {when}: {failures.first_line(error)}.",
+            f"Saved: {saved}.",
+            f"Fix: {diagnosis.fix}." if diagnosis.fix else "",
+            f"Full traceback in {log_file}." if log_file else "",
+        ]
+        return RunFailed(" ".join(p for p in parts if p), diagnosis.exit_code)
+
     def _evaluate(self, step: int, logger: StepLogger) -> None:
         """Runs one evaluation; after the first, its graph must already be compiled."""
         from xlafw import runtime
@@ -587,7 +629,9 @@ def train(cfg: fdl.Config, argv: Sequence[str] = (), plan: Plan | None = None) -
     Raises:
       RunRefused: before the first step (unwritable or damaged checkpoints,
         config drift); nothing was trained.
-      TrainingStopped: a fault stopped training (``NonFiniteLoss`` for a NaN).
+      TrainingStopped: a fault stopped training (``NonFiniteLoss`` for a NaN,
+        ``RunFailed`` for any other error after start-up, its traceback in
+        the run directory's ``error.log``).
       Preempted: a signal stopped training after a committed checkpoint.
     """
     setup_logging()
@@ -611,12 +655,18 @@ def train(cfg: fdl.Config, argv: Sequence[str] = (), plan: Plan | None = None) -
         trainer.setup()
     except CheckpointError as e:
         raise RunRefused(str(e)) from None
+    except Exception as e:  # one message; the traceback goes to error.log
+        raise trainer.failure(e) from None
     try:
         history = trainer.train()
     except CheckpointError as e:
         if trainer._stop_signal is not None:  # resume from the newest committed one
             raise Preempted(f"{e}; a rerun resumes from the newest committed checkpoint") from None
         raise TrainingStopped(f"{e}. The newest committed checkpoint is kept.") from None
+    except TrainingStopped:
+        raise
+    except Exception as e:  # one message; the traceback goes to error.log
+        raise trainer.failure(e) from None
     from xlafw import runtime
 
     summary = {

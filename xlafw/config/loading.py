@@ -87,26 +87,48 @@ class ConfigFilePolicy(serialization.PyrefPolicy):
     PACKAGES = ("xlafw", "fiddle")
     BUILTINS = frozenset({"tuple", "list", "dict", "set", "frozenset", "int", "float", "str"})
 
+    def __init__(self, allowed_packages: Sequence[str] = ()):
+        """``allowed_packages``: more packages the user opted into (``--allow_package``)."""
+        self.allowed_packages = tuple(allowed_packages)
+        self.refused: str | None = None  # the last name refused, for the error message
+
     def allows_import(self, module: str, symbol: str) -> bool:
         if module == "builtins":
-            return symbol in self.BUILTINS
-        packages = (*self.PACKAGES, registry.PACKAGE)
-        return any(module == p or module.startswith(p + ".") for p in packages)
+            allowed = symbol in self.BUILTINS
+        else:
+            packages = (*self.PACKAGES, registry.PACKAGE, *self.allowed_packages)
+            allowed = any(module == p or module.startswith(p + ".") for p in packages)
+        if not allowed:
+            self.refused = f"{module}.{symbol}"
+        return allowed
+
+    def __repr__(self) -> str:
+        return f"ConfigFilePolicy(allowed_packages={self.allowed_packages})"
 
     def allows_value(self, value: object) -> bool:
         return True  # the import itself is what the policy restricts
 
 
-def load_config_json(text: str) -> fdl.Config:
+class ConfigFileRefused(ValueError):
+    """A config file names a callable outside the allowed packages."""
+
+
+def load_config_json(text: str, allowed_packages: Sequence[str] = ()) -> fdl.Config:
     """Parses Fiddle JSON, importing only what ``ConfigFilePolicy`` allows.
 
     Raises:
-      serialization.PyrefPolicyError: when the JSON names anything else.
+      ConfigFileRefused: naming the first thing the JSON may not import.
     """
-    return serialization.load_json(text, pyref_policy=ConfigFilePolicy())
+    policy = ConfigFilePolicy(allowed_packages)
+    try:
+        return serialization.load_json(text, pyref_policy=policy)
+    except serialization.PyrefPolicyError:
+        raise ConfigFileRefused(
+            f"it names {policy.refused}, which a config file may not import"
+        ) from None
 
 
-def load_config_file(path: str) -> fdl.Config:
+def load_config_file(path: str, allowed_packages: Sequence[str] = ()) -> fdl.Config:
     """Loads a config saved as Fiddle JSON (a run's ``config.json``)."""
     from etils import epath
 
@@ -117,11 +139,12 @@ def load_config_file(path: str) -> fdl.Config:
             f"wrote into its run directory."
         )
     try:
-        return load_config_json(file.read_text())
-    except serialization.PyrefPolicyError as e:
+        return load_config_json(file.read_text(), allowed_packages)
+    except ConfigFileRefused as e:
         raise ConfigError(
-            f"--fdl_config_file={path}: {e}. A config file may only name objects of xlafw, "
-            f"{registry.PACKAGE} and Fiddle. Fix: use a config.json xlafw wrote."
+            f"--fdl_config_file={path}: {e}. A config file is data: it may only name objects "
+            f"of xlafw, {registry.PACKAGE}, Fiddle and packages opted in with --allow_package. "
+            f"Fix: use a config.json xlafw wrote, or --allow_package=PACKAGE for your own code."
         ) from None
     except Exception as e:
         raise ConfigError(f"--fdl_config_file={path}: not a Fiddle JSON config ({e}).") from None
@@ -132,10 +155,13 @@ def build_config(
     config_file: str | None = None,
     fiddlers: Sequence[str] = (),
     sets: Sequence[str] = (),
+    allowed_packages: Sequence[str] = (),
 ) -> fdl.Config:
     """Resolves the experiment and applies fiddlers, then ``path=value`` sets.
 
-    Every bad set is reported, not just the first.
+    Every bad set is reported, not just the first. ``allowed_packages`` are the
+    packages besides xlafw and the experiments package whose callables a config
+    file or a ``--fiddler=module.function`` may name (``--allow_package``).
 
     Raises:
       ConfigError: for an unknown experiment or fiddler, or bad overrides.
@@ -145,9 +171,14 @@ def build_config(
             "pass exactly one of --fdl_config=NAME (an experiment, see --list) or "
             "--fdl_config_file=PATH (a saved config.json)."
         )
-    cfg = registry.experiment_config(config_name) if config_name else load_config_file(config_file)
+    allowed = tuple(allowed_packages)
+    cfg = (
+        registry.experiment_config(config_name)
+        if config_name
+        else load_config_file(config_file, allowed)
+    )
     for name in fiddlers:
-        fn = registry.fiddler(name)
+        fn = registry.fiddler(name, allowed)
         with history.custom_location(_fiddler_location(name, fn)):
             result = fn(cfg)
         if result is not None:

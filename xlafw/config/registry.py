@@ -65,12 +65,34 @@ def experiment_config(name: str) -> fdl.Config:
     return cfg
 
 
-def fiddler(name: str) -> Callable[[fdl.Config], fdl.Config | None]:
-    """Returns the fiddler ``name``.
+def fiddler(
+    name: str, allowed_packages: tuple[str, ...] = ()
+) -> Callable[[fdl.Config], fdl.Config | None]:
+    """Returns the fiddler ``name``: one of the registry's, or ``module.function``
+    in a package the user opted into (``--allow_package``).
 
     Raises:
-      ConfigError: when no such fiddler exists (with suggestions).
+      ConfigError: when no such fiddler exists (with suggestions), or when a
+        dotted name is outside the allowed packages.
     """
+    module, _, function = name.rpartition(".")
+    top = module.split(".")[0]
+    if module and module != PACKAGE and top in allowed_packages:
+        import importlib
+
+        try:
+            fn = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"--fiddler={name}: cannot import it ({e}).") from None
+        if not callable(fn):
+            raise ConfigError(f"--fiddler={name}: {type(fn).__name__} is not callable.")
+        return fn
+    if module and module != PACKAGE:
+        raise ConfigError(
+            f"--fiddler={name}: fiddlers resolve in {PACKAGE}/ (its FIDDLERS) only, so a flag "
+            f"cannot import and call arbitrary code. Fix: add it to {PACKAGE}.FIDDLERS, or opt "
+            f"its package in with --allow_package={top}."
+        )
     _, fiddlers = _registry()
     return _lookup(name, fiddlers, "fiddler", "--fiddler")
 
