@@ -17,6 +17,7 @@ from experiments.llama import (
     llama_tiny_smoke,
     llama_tiny_spmd,
 )
+from experiments.mixtral import mixtral_8x7b, mixtral_8x22b, mixtral_tiny, mixtral_tiny_ep
 
 EXPERIMENTS = (
     llama_tiny,
@@ -27,6 +28,10 @@ EXPERIMENTS = (
     llama_8b_fsdp_tp,
     llama_70b,
     llama_405b,
+    mixtral_tiny,
+    mixtral_tiny_ep,
+    mixtral_8x7b,
+    mixtral_8x22b,
 )
 FIDDLERS = (bfloat16, mixed_precision, quick, splash_attention)
 

@@ -52,7 +52,14 @@ from xlafw.experiment import Checkpointing
 log = logging.getLogger(__name__)
 
 # Config paths that may differ between a checkpoint and the run resuming it.
-RESUMABLE_CHANGES = ("trainer.max_steps", "trainer.log_every", "checkpoint.")
+# Activation annotations change no state and no math (a run planned before the
+# batch axes gained ``expert`` resumes with today's stock rules).
+RESUMABLE_CHANGES = (
+    "trainer.max_steps",
+    "trainer.log_every",
+    "checkpoint.",
+    "sharding.activations",
+)
 TRAINER_STATE = "trainer_state.json"
 CONFIG = "config.json"
 

@@ -70,6 +70,12 @@ class ModelFamily:
       architecture_fields: config fields that change the computation; a
         checkpoint must agree on these (others, like the attention kernel,
         may differ between a model and its weights).
+      tied_weights: ``(head, embedding)`` parameter names; a Hugging Face
+        checkpoint with ``tie_word_embeddings`` and no head tensor fills the
+        head from the embedding.
+
+    A family's model is built as ``model_class(config)`` and keeps the config
+    as ``model.config`` (the plan, validation and HF I/O read it there).
     """
 
     name: ClassVar[str]
@@ -80,6 +86,7 @@ class ModelFamily:
     hf_model_type: ClassVar[str]
     hf_architecture: ClassVar[str]
     architecture_fields: ClassVar[tuple[str, ...]]
+    tied_weights: ClassVar[tuple[str, str]] = ("lm_head.weight", "model.embed_tokens.weight")
 
     # -- sharding ---------------------------------------------------------------------------
 
@@ -214,8 +221,9 @@ class UnknownFamilyError(ValueError):
 def family_of(obj: Any) -> ModelFamily:
     """The family of a config, a model (class or instance) or a ``fdl`` buildable of either.
 
-    A model class is matched exactly (a subclass is its own family only if it
-    registers one), as is a config class.
+    A subclass belongs to the family of its nearest registered parent, so a
+    family whose config subclasses another's (Mixtral's ``LlamaConfig``) is
+    found before its parent's.
 
     Raises:
       UnknownFamilyError: naming what was asked and the known families.
@@ -223,9 +231,12 @@ def family_of(obj: Any) -> ModelFamily:
     if isinstance(obj, fdl.Buildable):
         obj = fdl.get_callable(obj)
     cls = obj if isinstance(obj, type) else type(obj)
-    for family in families().values():
-        if cls in (family.config_class, family.model_class):
-            return family
+    # The nearest registered class in the MRO wins: a subclass of a family's model
+    # (or config) in an experiments package belongs to that family.
+    for base in cls.__mro__:
+        for family in families().values():
+            if base in (family.config_class, family.model_class):
+                return family
     raise UnknownFamilyError(
         f"{cls.__module__}.{cls.__qualname__} belongs to no model family; known families: "
         f"{', '.join(sorted(families()))} (each is a package under xlafw/models/ with a FAMILY)."
