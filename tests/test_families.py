@@ -111,3 +111,23 @@ def test_plan_uses_the_familys_formulas(experiment):
     assert plan.family is family
     assert plan.flops_per_token == family.flops_per_token(config, cfg.data.seq_len)
     assert plan.active_parameters == family.active_parameters(config, plan.num_parameters)
+
+
+def test_a_stack_of_one_expert_is_stored_as_that_experts_tensor(tmp_path):
+    from safetensors import safe_open
+
+    mixtral = families()["mixtral"]
+    hf = _hf_model("mixtral")
+    config = mixtral.from_hf_config(
+        {**hf.config.to_dict(), "num_local_experts": 1, "num_experts_per_tok": 1}
+    )
+    model = mixtral.model_class(config)
+    save_hf_weights(model, tmp_path / "one")
+    name = "model.layers.0.block_sparse_moe.experts.0.w1.weight"
+    with safe_open(tmp_path / "one" / "model.safetensors", "pt") as f:
+        assert f.get_slice(name).get_shape() == [config.intermediate_size, config.hidden_size]
+    again = load_pretrained(tmp_path / "one")
+    assert torch.equal(
+        again.model.layers[0].block_sparse_moe.experts.w1,
+        model.model.layers[0].block_sparse_moe.experts.w1,
+    )

@@ -181,9 +181,10 @@ class ModelFamily:
     def hf_sources(self, name: str, shape: tuple[int, ...]) -> tuple[str, ...]:
         """The Hugging Face tensor(s) a parameter is made of.
 
-        One name: the parameter is that tensor. Several: the parameter is
-        their stack along a new first dimension (xlafw keeps a mixture's
-        experts as one ``[experts, ...]`` tensor, HF one tensor per expert).
+        A plain one-name tuple: the parameter is that tensor. ``Stacked``
+        names (``xlafw.models.hf_config.Stacked``): the parameter is their
+        stack along a new first dimension (xlafw keeps a mixture's experts as
+        one ``[experts, ...]`` tensor, HF one tensor per expert).
         """
         return (name,)
 

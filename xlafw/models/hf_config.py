@@ -24,6 +24,18 @@ class HfCheckpointError(ValueError):
     """A Hugging Face checkpoint does not fit the model; the message lists every problem."""
 
 
+class Stacked(tuple):
+    """HF tensor names whose stack along a new first dimension is one xlafw parameter.
+
+    ``ModelFamily.hf_sources`` returns a plain one-name tuple for a parameter
+    stored as it is, and ``Stacked`` names for one stored as its slices (a
+    mixture's ``[experts, ...]`` weights, one HF tensor per expert), so a
+    stack of one expert is still a stack of shape ``[1, ...]``.
+    """
+
+    __slots__ = ()
+
+
 def remote_checkpoint_problem(directory: str | os.PathLike) -> str | None:
     """Why a checkpoint directory cannot be loaded from where it is, or None.
 

@@ -53,7 +53,12 @@ from safetensors import safe_open
 
 from xlafw import storage
 from xlafw.models.family import ModelFamily, family_of
-from xlafw.models.hf_config import HfCheckpointError, config_from_hf, remote_checkpoint_problem
+from xlafw.models.hf_config import (
+    HfCheckpointError,
+    Stacked,
+    config_from_hf,
+    remote_checkpoint_problem,
+)
 from xlafw.models.safetensors_stream import SAFETENSORS_DTYPES, plan_files, write_safetensors
 from xlafw.progress import Progress
 
@@ -68,7 +73,6 @@ __all__ = [
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-TIED_HEAD, EMBEDDING = "lm_head.weight", "model.embed_tokens.weight"
 # Old HF checkpoints store RoPE tables; xlafw derives them from the config.
 _DERIVED_SUFFIXES = ("rotary_emb.inv_freq",)
 
@@ -184,10 +188,11 @@ def read_hf_config(directory: str | os.PathLike) -> tuple[ModelFamily, object]:
 
 def _sources(model: torch.nn.Module, family: ModelFamily, tied: bool) -> dict[str, tuple[str, ...]]:
     """Each parameter's HF tensor names (several: stacked along a new first dimension)."""
+    head, embedding = family.tied_weights
     sources = {}
     for name, param in model.named_parameters():
-        if tied and name == TIED_HEAD:
-            sources[name] = (EMBEDDING,)
+        if tied and name == head:
+            sources[name] = (embedding,)
         else:
             sources[name] = family.hf_sources(name, tuple(param.shape))
     return sources
@@ -211,11 +216,12 @@ def _check(
         f"config.json {d}" for d in family.architecture_differences(model.config, checkpoint_config)
     ]
     config_json = json.loads((directory / "config.json").read_text())
-    tied = TIED_HEAD not in entries and bool(config_json.get("tie_word_embeddings"))
+    head = family.tied_weights[0]
+    tied = head not in entries and bool(config_json.get("tie_word_embeddings"))
     sources = _sources(model, family, tied)
     for name, param in model.named_parameters():
         names = sources[name]
-        expected = tuple(param.shape) if len(names) == 1 else tuple(param.shape[1:])
+        expected = tuple(param.shape[1:]) if isinstance(names, Stacked) else tuple(param.shape)
         for source in names:
             entry = entries.get(source)
             if entry is None:
@@ -304,7 +310,8 @@ class _Readers:
         self._stack = contextlib.ExitStack()
         self._open: dict[str, object] = {}
 
-    def slice(self, name: str):
+    def tensor(self, name: str):
+        """The lazily read tensor ``name`` (index it to read a slice)."""
         file = self._entries[name].file
         if file not in self._open:
             self._open[file] = self._stack.enter_context(
@@ -312,14 +319,20 @@ class _Readers:
             )
         return self._open[file].get_slice(name)
 
-    def reader(self, sources: tuple[str, ...]) -> Callable[[tuple[slice, ...]], torch.Tensor]:
-        """Reads an index slice of the parameter made of ``sources`` (stacked when several)."""
-        if len(sources) == 1:
-            return lambda index: self.slice(sources[0])[index]
+    def reader(
+        self, sources: tuple[str, ...], shape: tuple[int, ...]
+    ) -> Callable[[tuple[slice, ...]], torch.Tensor]:
+        """Reads an index slice of the parameter of ``shape`` made of ``sources``."""
+        if not isinstance(sources, Stacked):
+            return lambda index: self.tensor(sources[0])[index]
 
         def read(index: tuple[slice, ...]) -> torch.Tensor:
             rows, rest = index[0], index[1:]
-            return torch.stack([self.slice(sources[i])[rest] for i in range(len(sources))[rows]])
+            picked = range(len(sources))[rows]
+            if not picked:  # a padding shard of an uneven split holds no rows
+                dims = [len(range(n)[r]) for n, r in zip(shape[1:], rest, strict=False)]
+                return torch.empty((0, *dims, *shape[1 + len(dims) :]))
+            return torch.stack([self.tensor(sources[i])[rest] for i in picked])
 
         return read
 
@@ -368,7 +381,7 @@ def load_hf_weights(model: torch.nn.Module, directory: str | os.PathLike) -> Loa
     readers = _Readers(directory, entries)
     with torch.no_grad(), progress, contextlib.closing(readers):
         for name, param in params.items():
-            read = readers.reader(sources[name])
+            read = readers.reader(sources[name], tuple(param.shape))
             if on_xla and _is_sharded(param):
                 _load_shards(param, read)
                 num_sharded += 1
@@ -395,7 +408,7 @@ def load_hf_weights(model: torch.nn.Module, directory: str | os.PathLike) -> Loa
         num_tensors=len(params),
         num_sharded=num_sharded,
         source_dtypes=tuple(sorted({entries[s].dtype for s in used})),
-        lm_head_from_embedding=sources.get(TIED_HEAD) == (EMBEDDING,),
+        lm_head_from_embedding=sources.get(family.tied_weights[0]) == family.tied_weights[1:],
     )
 
 

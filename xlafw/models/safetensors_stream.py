@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from xlafw import storage
+from xlafw.models.hf_config import Stacked
 
 SAFETENSORS_DTYPES = {
     torch.float32: "F32",
@@ -61,8 +62,8 @@ def write_safetensors(
       path: the file to write.
       tensors: ``(name, tensor)`` in file order (the tensors give shapes and dtypes).
       gathered: the same tensors' values on the host, in the same order.
-      names: the stored name(s) of a tensor. Several names store it as that
-        many tensors, its slices along the first dimension (a contiguous
+      names: the stored name(s) of a tensor. ``Stacked`` names store it as
+        its slices along the first dimension, one per name (a contiguous
         ``[experts, ...]`` tensor is its experts' bytes back to back, so the
         stream is unchanged).
     """
@@ -70,7 +71,12 @@ def write_safetensors(
     offset = 0
     for name, param in tensors:
         stored = names(name, tuple(param.shape))
-        shape = list(param.shape) if len(stored) == 1 else list(param.shape[1:])
+        stacked = isinstance(stored, Stacked)
+        if len(stored) != (param.shape[0] if stacked else 1):
+            raise ValueError(
+                f"{name} {list(param.shape)} cannot be stored as {len(stored)} tensors {stored}"
+            )
+        shape = list(param.shape[1:]) if stacked else list(param.shape)
         nbytes = param.numel() * param.element_size() // len(stored)
         for stored_name in stored:
             header[stored_name] = {

@@ -16,7 +16,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from xlafw.models.hf_config import HfCheckpointError
+from xlafw.models.hf_config import HfCheckpointError, Stacked
 from xlafw.models.llama import hf as llama_hf
 from xlafw.models.mixtral.model import MixtralConfig
 
@@ -51,7 +51,7 @@ def hf_sources(name: str, shape: tuple[int, ...]) -> tuple[str, ...]:
     if match is None:
         return (name,)
     prefix, weight = match.groups()
-    return tuple(f"{prefix}.{e}.{weight}.weight" for e in range(shape[0]))
+    return Stacked(f"{prefix}.{e}.{weight}.weight" for e in range(shape[0]))
 
 
 def from_hf_config(config_json: Mapping[str, Any]) -> MixtralConfig:
