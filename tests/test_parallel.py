@@ -8,6 +8,7 @@ import fiddle as fdl
 import numpy as np
 import pytest
 
+from xlafw.arguments import InvalidArgument
 from xlafw.config import build_config
 from xlafw.config.validation import meta_model
 from xlafw.data import SHAKESPEARE_TEXTS, TextFiles
@@ -27,12 +28,25 @@ def test_minus_one_axis_takes_the_remaining_devices():
     [
         (Mesh(ici=AxisSizes(fsdp=3)), "product of the axis sizes 8"),
         (Mesh(ici=AxisSizes(fsdp=-1, tensor=3)), "does not divide 8"),
-        (Mesh(ici=AxisSizes(fsdp=-1, tensor=-1)), "at most one ICI axis"),
     ],
 )
 def test_impossible_mesh_is_rejected_with_a_fix(mesh, fix):
     with pytest.raises(MeshError, match=fix):
         mesh.resolve(8)
+
+
+@pytest.mark.parametrize(
+    "make, field, fix",
+    [
+        (lambda: Mesh(ici=AxisSizes(fsdp=-1, tensor=-1)), "ici.fsdp", "at most one ICI axis"),
+        (lambda: Mesh(dcn=AxisSizes(data=-1)), "dcn.data", "cannot be -1"),
+        (lambda: AxisSizes(tensor=0), "tensor", "integer >= 1"),
+    ],
+)
+def test_impossible_axis_sizes_are_refused_when_the_mesh_is_made(make, field, fix):
+    with pytest.raises(InvalidArgument, match=fix) as err:
+        make()
+    assert err.value.field == field
 
 
 def test_hybrid_mesh_keeps_ici_axes_inside_a_slice():
@@ -113,9 +127,9 @@ def test_rule_checks_report_dead_uncovered_indivisible_and_unknown():
     problems = "\n".join(check_rules(model, rules, axes))
     assert "size 172 is split 8 ways" in problems
     assert "('model.nothing.weight') matches no parameter" in problems
-    assert "match no sharding rule" in problems
-    bad_axis = ShardingRules(parameters=(("*", ("fsdq",)),))
-    assert "fsdq" in check_rules(model, bad_axis, axes)[0]
+    assert "match no rule of sharding.parameters" in problems
+    with pytest.raises(InvalidArgument, match=r"parameters\[0\].*names mesh axes \['fsdq'\]"):
+        ShardingRules(parameters=(("*", ("fsdq",)),))  # refused when the rules are made
 
 
 def test_stock_fsdp_rules_shard_the_embedding_rows():

@@ -238,8 +238,15 @@ def test_malformed_hub_names_are_reported_with_a_fix(field, value, problem):
 
 
 def test_well_formed_hub_names_and_local_directories_have_no_problem(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text('{"text": "a"}\n')
     for name in ("HuggingFaceFW/fineweb-edu", "allenai/c4", "a/b.c_d-1", str(tmp_path)):
         assert HubDataset(name=name, revision="v1.2.0").problems() == []
+
+
+def test_an_empty_local_dataset_directory_is_a_problem(tmp_path):
+    [message] = HubDataset(name=str(tmp_path)).problems("data.source")
+    assert message.startswith("data.source.name=") and "holds no files" in message
 
 
 def test_malformed_hub_name_fails_before_any_download():

@@ -28,6 +28,19 @@ from typing import Literal
 
 import torch
 
+from xlafw.arguments import (
+    MAX_STEPS,
+    SEED_MAX,
+    InvalidArgument,
+    declared_choice,
+    instance,
+    integer,
+    is_int,
+    number,
+    raise_invalid,
+    template,
+    text,
+)
 from xlafw.data.pipeline import BatchPipeline
 from xlafw.dtypes import TORCH_DTYPES
 from xlafw.parallel import Mesh, RematPolicy, ShardingRules
@@ -35,6 +48,8 @@ from xlafw.parallel import Mesh, RematPolicy, ShardingRules
 # Models up to this many parameters are initialized on the host by default
 # (TrainerSettings.init_on): 1 GiB in float32, about a second of host init.
 HOST_INIT_MAX_PARAMETERS = 2**28
+# Characters wandb refuses in a project name.
+_WANDB_FORBIDDEN = "/\\#?%:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +110,59 @@ class TrainerSettings:
     init_from_hf: str | None = None
     init_on: Literal["auto", "host", "device"] = "auto"
 
+    def __post_init__(self):
+        raise_invalid(
+            integer(
+                "max_steps",
+                self.max_steps,
+                at_least=1,
+                at_most=MAX_STEPS,
+                fix="the optimizer counts steps in float32, exact up to 2**24.",
+            ),
+            integer(
+                "steps_per_epoch",
+                self.steps_per_epoch,
+                at_least=1,
+                allow_none=True,
+                fix="None when the stream's length is unknown.",
+            ),
+            integer("log_every", self.log_every, at_least=1),
+            integer(
+                "seed",
+                self.seed,
+                at_least=0,
+                at_most=SEED_MAX,
+                fix="NumPy's seeding takes 0 to 2**32-1.",
+            ),
+            declared_choice(self, "param_dtype"),
+            declared_choice(self, "compute_dtype", fix="None runs in param_dtype."),
+            integer(
+                "grad_accum_steps", self.grad_accum_steps, at_least=1, fix="1: no accumulation."
+            ),
+            number(
+                "max_grad_norm",
+                self.max_grad_norm,
+                above=0,
+                allow_none=True,
+                fix="None disables clipping.",
+            ),
+            template(
+                "run_dir",
+                self.run_dir,
+                {"experiment": "experiment"},
+                fix="a directory path, e.g. runs/{experiment} or gs://BUCKET/runs/NAME.",
+            ),
+            declared_choice(self, "compile_cache"),
+            text("compile_cache_dir", self.compile_cache_dir),
+            text(
+                "init_from_hf",
+                self.init_from_hf,
+                allow_none=True,
+                fix="a Hugging Face checkpoint directory, or None to start from scratch.",
+            ),
+            declared_choice(self, "init_on"),
+        )
+
     @property
     def torch_dtype(self) -> torch.dtype:
         """The parameters' dtype as a ``torch.dtype``."""
@@ -130,6 +198,52 @@ class MetricsSettings:
     on_recompile: Literal["warn", "error"] = "warn"
     peak_tflops_per_device: float | None = None
 
+    def __post_init__(self):
+        raise_invalid(
+            declared_choice(self, "wandb"),
+            _wandb_project_problem(self.wandb_project),
+            _profile_steps_problem(self.profile_steps),
+            declared_choice(self, "on_recompile"),
+            number(
+                "peak_tflops_per_device",
+                self.peak_tflops_per_device,
+                above=0,
+                allow_none=True,
+                fix="the device's peak dense TFLOP/s, or None to measure or look it up.",
+            ),
+        )
+
+
+def _wandb_project_problem(project: object) -> InvalidArgument | None:
+    if problem := text("wandb_project", project):
+        return problem
+    if any(c in project for c in _WANDB_FORBIDDEN) or len(project) > 128:
+        return InvalidArgument(
+            "wandb_project",
+            project,
+            f"wandb project names have at most 128 characters and none of "
+            f"{' '.join(_WANDB_FORBIDDEN)}. Fix: e.g. xlafw.",
+        )
+    return None
+
+
+def _profile_steps_problem(steps: object) -> InvalidArgument | None:
+    if steps is None:
+        return None
+    if (
+        not isinstance(steps, tuple)
+        or len(steps) != 2
+        or not all(is_int(s) for s in steps)
+        or not 1 <= steps[0] <= steps[1]
+    ):
+        return InvalidArgument(
+            "profile_steps",
+            steps,
+            "must be (first, last) steps with 1 <= first <= last. Fix: e.g. (20, 25), or "
+            "None for no profile.",
+        )
+    return None
+
 
 @dataclasses.dataclass(frozen=True)
 class Checkpointing:
@@ -163,6 +277,35 @@ class Checkpointing:
     allow_config_change: bool = False
     async_save: bool | None = None
 
+    def __post_init__(self):
+        raise_invalid(
+            integer("every_steps", self.every_steps, at_least=0, fix="0 saves only at the end."),
+            integer(
+                "keep_last",
+                self.keep_last,
+                at_least=1,
+                fix="keep at least the newest checkpoint (resume needs it).",
+            ),
+            integer(
+                "keep_every", self.keep_every, at_least=0, fix="0 keeps none beyond keep_last."
+            ),
+            template(
+                "directory",
+                self.directory,
+                {"run_dir": "run_dir"},
+                fix="e.g. {run_dir}/checkpoints or gs://BUCKET/PATH.",
+            ),
+            declared_choice(self, "resume"),
+            instance("allow_config_change", self.allow_config_change, bool),
+            instance(
+                "async_save",
+                self.async_save,
+                bool,
+                allow_none=True,
+                fix="None chooses per backend.",
+            ),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
@@ -181,6 +324,17 @@ class Evaluation:
     data: Callable[..., BatchPipeline] | None = None
     every_steps: int = 0
     steps: int = 4
+
+    def __post_init__(self):
+        raise_invalid(
+            None
+            if self.data is None or callable(self.data)
+            else InvalidArgument(
+                "data", self.data, "must build a pipeline (a fdl.Partial), or None."
+            ),
+            integer("every_steps", self.every_steps, at_least=0, fix="0 disables evaluation."),
+            integer("steps", self.steps, at_least=1, fix="batches per evaluation, e.g. 4."),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,6 +368,15 @@ class Experiment:
     metrics: MetricsSettings = MetricsSettings()
     eval: Evaluation = Evaluation()
     name: str = "experiment"
+
+    def __post_init__(self):
+        if text("name", self.name) or self.name in (".", "..") or "/" in self.name:
+            raise InvalidArgument(
+                "name",
+                self.name,
+                "names the run directory (runs/{experiment}), so it must be a non-blank "
+                "file name without '/'. Fix: the experiment function's name.",
+            )
 
     @property
     def run_dir(self) -> str:

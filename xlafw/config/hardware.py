@@ -75,7 +75,17 @@ def detected_device_count() -> int | None:
     to check a mesh before launching.
     """
     if backend() == "CPU":
-        return int(os.environ.get("CPU_NUM_DEVICES", "1"))
+        raw = os.environ.get("CPU_NUM_DEVICES", "1")
+        try:
+            count = int(raw)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ConfigError(
+                f"CPU_NUM_DEVICES={raw}: XLA's CPU backend needs a whole number of devices >= 1. "
+                f"Fix: CPU_NUM_DEVICES=8 (or unset it for one device)."
+            )
+        return count
     return None
 
 
@@ -140,8 +150,14 @@ def resolve_devices(
       device count (virtual CPU devices share one host's RAM).
 
     Raises:
-      ConfigError: for a bad target, or a count that contradicts the target.
+      ConfigError: for a bad target, a count below 1, or a count that
+        contradicts the target.
     """
+    if num_devices is not None and num_devices < 1:
+        raise ConfigError(
+            f"--num_devices={num_devices}: a run needs at least one device. Fix: the number of "
+            f"devices to plan for, e.g. --num_devices=8, or --target=v5p-256."
+        )
     if target:
         devices = tpu_target(target, num_slices)
         if num_devices is not None and num_devices != devices.count:
@@ -155,12 +171,13 @@ def resolve_devices(
             f"--num_slices={num_slices} needs --target=SLICE (the type of each slice)."
         )
     count = num_devices if num_devices is not None else detected_device_count()
+    declared = f" (--num_devices={num_devices})" if num_devices is not None else ""
     if backend() != "CPU":
-        return Devices(description=f"{backend()} devices", count=count)
+        return Devices(description=f"{backend()} devices{declared}", count=count)
     memory = available_memory_bytes()
     count = count or 1
     return Devices(
-        description=f"{count} CPU device(s) sharing this machine's available memory",
+        description=f"{count} CPU device(s){declared} sharing this machine's available memory",
         count=count,
         memory_bytes=memory // count if memory is not None else None,
     )

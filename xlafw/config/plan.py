@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import fiddle as fdl
 import torch
@@ -68,8 +68,13 @@ def _skipped_weight_init():
 
 def meta_model(cfg: fdl.Config) -> torch.nn.Module:
     """Builds the experiment's model on the meta device: shapes only, no memory."""
+    return meta_model_of(fdl.build(cfg.model))
+
+
+def meta_model_of(builder: Callable[[], torch.nn.Module]) -> torch.nn.Module:
+    """Calls a built model builder (``fdl.build(cfg.model)``) on the meta device."""
     with torch.device("meta"), _skipped_weight_init():
-        return fdl.build(cfg.model)()
+        return builder()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,19 +204,34 @@ def remat_layers(cfg: fdl.Config, family: ModelFamily) -> bool:
 def activation_bytes(cfg: fdl.Config, axes: Mapping[str, int]) -> int:
     """Activation memory per device under the remat policy (module docstring)."""
     family = family_of(cfg.model)
+    # Gradient accumulation keeps one micro-batch's activations alive at a time.
+    micro_batch = cfg.data.global_batch_size / max(1, cfg.trainer.grad_accum_steps)
+    return _activations(cfg, axes, micro_batch, cfg.data.seq_len, remat_layers(cfg, family))
+
+
+def eval_activation_bytes(cfg: fdl.Config, axes: Mapping[str, int]) -> int:
+    """Activation memory per device of one eval batch (0 without evaluation).
+
+    Evaluation runs no backward, so, as in a recomputed layer stack, only the
+    layer inputs and one layer's activations are alive at a time.
+    """
+    evaluation = cfg.eval
+    if not evaluation.every_steps or evaluation.data is None:
+        return 0
+    data = evaluation.data
+    return _activations(cfg, axes, data.global_batch_size, data.seq_len, remat=True)
+
+
+def _activations(
+    cfg: fdl.Config, axes: Mapping[str, int], rows: float, seq_len: int, remat: bool
+) -> int:
     dtypes = ActivationDtypes(
         compute=itemsize(compute_dtype(cfg)), residual=itemsize(cfg.trainer.param_dtype)
     )
-    per_token = family.activation_bytes_per_token(
-        fdl.build(cfg.model.config),
-        cfg.data.seq_len,
-        dtypes,
-        tensor_ways=axes["tensor"],
-        remat_layers=remat_layers(cfg, family),
+    per_token = family_of(cfg.model).activation_bytes_per_token(
+        fdl.build(cfg.model.config), seq_len, dtypes, tensor_ways=axes["tensor"], remat_layers=remat
     )
-    # Gradient accumulation keeps one micro-batch's activations alive at a time.
-    micro_batch = cfg.data.global_batch_size / max(1, cfg.trainer.grad_accum_steps)
-    tokens = micro_batch * cfg.data.seq_len / (batch_ways(axes) * axes["context"])
+    tokens = rows * seq_len / (batch_ways(axes) * axes["context"])
     return int(tokens * per_token)
 
 
@@ -258,7 +278,10 @@ def devices_for_dry_run(cfg: fdl.Config, detected: Devices) -> Devices:
     takes and says so. A declared ``--target``/``--num_devices`` is never
     replaced this way.
     """
-    mesh = fdl.build(cfg.mesh)
+    try:
+        mesh = fdl.build(cfg.mesh)
+    except ValueError:  # an invalid axis size (InvalidArgument): validation reports it
+        return detected
     try:
         mesh.resolve(detected.count or 1)
         return detected

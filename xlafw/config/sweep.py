@@ -23,6 +23,7 @@ from fiddle.experimental import serialization
 
 from xlafw.config.errors import ConfigError
 from xlafw.config.provenance import config_hash
+from xlafw.config.validation import directory_problem
 
 _CLOSING = {"[": "]", "(": ")", "{": "}"}
 
@@ -121,6 +122,8 @@ def write_sweep(
       ConfigError: listing every trial's problems (nothing is written then).
     """
     points = grid(sweeps)
+    if problem := directory_problem("--sweep_dir", sweep_dir, "the trials' configs"):
+        raise ConfigError(problem)
     configs, problems = [], []
     for index, overrides in enumerate(points):
         name = f"trial_{index:03d}"

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from xlafw.arguments import raise_invalid, text, texts
 from xlafw.data.packing import PackedRow
 from xlafw.data.tokenizers import Tokenizer
 
@@ -94,6 +95,12 @@ class PromptCompletion:
     prompt_field: str = "prompt"
     completion_field: str = "completion"
 
+    def __post_init__(self):
+        raise_invalid(
+            text("prompt_field", self.prompt_field, fix="the record's prompt column."),
+            text("completion_field", self.completion_field, fix="the record's completion column."),
+        )
+
     def spans(self, record: dict[str, Any]) -> list[Span]:
         return [
             Span(record[self.prompt_field], loss=False),
@@ -112,6 +119,17 @@ class ChatMessages:
 
     messages_field: str = "messages"
     loss_roles: tuple[str, ...] = ("assistant",)
+
+    def __post_init__(self):
+        raise_invalid(
+            text("messages_field", self.messages_field, fix="the record's messages column."),
+            texts(
+                "loss_roles",
+                self.loss_roles,
+                allow_empty=False,
+                fix="the roles to train on, e.g. ('assistant',).",
+            ),
+        )
 
     def spans(self, record: dict[str, Any]) -> list[Span]:
         spans: list[Span] = []

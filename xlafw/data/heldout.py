@@ -57,7 +57,11 @@ def split_problems(split: str, heldout_share: float, path: str) -> list[str]:
         problems.append(
             f"{path}.split={split!r} is not a split. Fix: use one of {', '.join(SPLITS)}."
         )
-    if not 0 < heldout_share < 1:
+    if not (
+        isinstance(heldout_share, (int, float))
+        and not isinstance(heldout_share, bool)
+        and 0 < heldout_share < 1
+    ):
         problems.append(
             f"{path}.heldout_share={heldout_share} must be between 0 and 1 (exclusive). "
             f"Fix: use a small fraction such as {DEFAULT_HELDOUT_SHARE}."

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from xlafw.arguments import InvalidArgument, number
 from xlafw.data.streams import (
     DocumentSource,
     StreamPosition,
@@ -48,15 +49,20 @@ class Mixture:
     weights: tuple[float, ...]
 
     def __post_init__(self):
-        if len(self.sources) != len(self.weights) or not self.sources:
-            raise ValueError(
-                f"Mixture has {len(self.sources)} sources and {len(self.weights)} weights; "
-                "give one weight per source."
+        if not isinstance(self.sources, tuple) or not self.sources:
+            raise InvalidArgument("sources", self.sources, "must be a non-empty tuple of sources.")
+        if not isinstance(self.weights, tuple) or len(self.sources) != len(self.weights):
+            raise InvalidArgument(
+                "weights",
+                self.weights,
+                f"the mixture has {len(self.sources)} sources; give one weight per source.",
             )
-        if any(w <= 0 for w in self.weights):
-            raise ValueError(
-                f"Mixture weights must be positive, got {self.weights}. "
-                "Fix: drop a source instead of giving it weight 0."
+        if any(number("weights", w, above=0) for w in self.weights):
+            raise InvalidArgument(
+                "weights",
+                self.weights,
+                "every weight must be a finite positive number. Fix: drop a source instead "
+                "of giving it weight 0.",
             )
 
     def describe(self) -> str:

@@ -43,11 +43,21 @@ def _leaves(source) -> list:
 def _files(source: TextFiles | LocalFiles) -> set[str]:
     """Resolved real paths; an unresolvable pattern stands for itself."""
     found = set()
+    directories: dict[str, str] = {}  # a glob's files share a directory: resolve it once
     for pattern in source.paths:
         try:
-            found.update(os.path.realpath(p) for p in files.resolve(pattern))
+            matches = files.resolve(pattern)
         except files.MissingFileError:
             found.add(pattern)
+            continue
+        for path in matches:
+            if os.path.islink(path):
+                found.add(os.path.realpath(path))
+                continue
+            head, tail = os.path.split(path)
+            if head not in directories:
+                directories[head] = os.path.realpath(head)
+            found.add(os.path.join(directories[head], tail))
     return found
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 
+from xlafw.arguments import InvalidArgument, instance, raise_invalid
 from xlafw.data.sources import TextFiles
 
 
@@ -23,6 +24,22 @@ class ConsecutivePairs:
     """
 
     source: TextFiles
+
+    def __post_init__(self):
+        raise_invalid(instance("source", self.source, TextFiles))
+        if self.source.shuffle_buffer:
+            raise InvalidArgument(
+                "source.shuffle_buffer",
+                self.source.shuffle_buffer,
+                "shuffled documents are not consecutive, so a prompt would not precede its "
+                "reply. Fix: 0 (shuffle the pairs downstream, if at all).",
+            )
+        if self.source.split != "all":
+            raise InvalidArgument(
+                "source.split",
+                self.source.split,
+                "a split drops documents between a prompt and its reply. Fix: 'all'.",
+            )
 
     def describe(self) -> str:
         """One line for ``--dry_run``."""

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import torch
 
+from xlafw.arguments import InvalidArgument, instance, integer, raise_invalid
 from xlafw.data.collators import DocumentBoundaries, causal_lm_batch
 from xlafw.data.mixture import Mixture, tokenized_stream
 from xlafw.data.packing import PackedRow, pack_rows
@@ -45,6 +46,19 @@ class HostShard:
     process_index: int = 0
     process_count: int = 1
 
+    def __post_init__(self):
+        raise_invalid(
+            integer("process_count", self.process_count, at_least=1),
+            integer("process_index", self.process_index, at_least=0),
+        )
+        if self.process_index >= self.process_count:
+            raise InvalidArgument(
+                "process_index",
+                self.process_index,
+                f"must be below {{process_count}}={self.process_count}.",
+                related=("process_count",),
+            )
+
 
 class BatchPipeline:
     """What every pipeline shares: fixed-shape batches for one host, resumable.
@@ -60,11 +74,30 @@ class BatchPipeline:
       global_batch_size: rows per step over all hosts; each host yields
         ``global_batch_size // process_count`` of them.
       host: this process's share; the trainer fills it from the runtime.
+
+    Raises:
+      InvalidArgument: for a bad size or host, naming it.
+      ValueError: when the batch does not split over the hosts.
     """
 
     def __init__(
         self, source, tokenizer: Tokenizer, seq_len: int, global_batch_size: int, host: HostShard
     ) -> None:
+        raise_invalid(
+            integer(
+                "seq_len",
+                seq_len,
+                at_least=2,
+                fix="tokens per row, at least one input and one target, e.g. 2048.",
+            ),
+            integer(
+                "global_batch_size", global_batch_size, at_least=1, fix="rows per step, e.g. 8."
+            ),
+            None
+            if hasattr(tokenizer, "encode_batch")
+            else InvalidArgument("tokenizer", tokenizer, "must be a Tokenizer."),
+            instance("host", host, HostShard, fix="the trainer fills it; do not set it."),
+        )
         self.host_batch_size = check_host_split(global_batch_size, host)
         self.source = source
         self.tokenizer = tokenizer
@@ -132,6 +165,12 @@ class DataPipeline(BatchPipeline):
         host: HostShard = HostShard(),
     ):
         super().__init__(source, tokenizer, seq_len, global_batch_size, host)
+        raise_invalid(
+            instance("document_boundaries", document_boundaries, DocumentBoundaries),
+            None
+            if isinstance(source, Mixture) or hasattr(source, "documents")
+            else InvalidArgument("source", source, "must be a document source or a Mixture."),
+        )
         self.document_boundaries = document_boundaries
 
     def rows(self, start: StreamPosition = StreamPosition()) -> Iterator[PackedRow]:

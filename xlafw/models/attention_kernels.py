@@ -28,6 +28,7 @@ import math
 
 import torch
 
+from xlafw.arguments import InvalidArgument, is_int, raise_invalid
 from xlafw.parallel.mesh import AXIS_NAMES, BATCH_AXES
 
 LANE = 128  # TPU vector lanes: kernel blocks are multiples of this.
@@ -48,6 +49,17 @@ class KernelBlockSizes:
 
     q: int = 512
     kv: int = 512
+
+    def __post_init__(self):
+        raise_invalid(*(_block_problem(name, getattr(self, name)) for name in ("q", "kv")))
+
+
+def _block_problem(name: str, size: object) -> InvalidArgument | None:
+    if is_int(size) and size >= LANE and size % LANE == 0:
+        return None
+    return InvalidArgument(
+        name, size, f"must be a positive multiple of {LANE} (TPU vector lanes). Fix: e.g. 512."
+    )
 
 
 @dataclasses.dataclass(frozen=True)

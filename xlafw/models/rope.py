@@ -12,6 +12,8 @@ import math
 import torch
 from torch import nn
 
+from xlafw.arguments import InvalidArgument, integer, number, raise_invalid
+
 
 @dataclasses.dataclass(frozen=True)
 class Llama3RopeScaling:
@@ -33,6 +35,28 @@ class Llama3RopeScaling:
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        raise_invalid(
+            number("factor", self.factor, at_least=1, fix="Llama 3.1 uses 8.0."),
+            number("low_freq_factor", self.low_freq_factor, above=0, fix="Llama 3.1 uses 1.0."),
+            number("high_freq_factor", self.high_freq_factor, above=0, fix="Llama 3.1 uses 4.0."),
+            integer(
+                "original_max_position_embeddings",
+                self.original_max_position_embeddings,
+                at_least=1,
+                at_most=2**40,
+                fix="the context length before scaling; Llama 3.1 uses 8192.",
+            ),
+        )
+        if not self.high_freq_factor > self.low_freq_factor:
+            raise InvalidArgument(
+                "low_freq_factor",
+                self.low_freq_factor,
+                f"must be below {{high_freq_factor}}={self.high_freq_factor}: the blended band "
+                f"lies between them. Fix: Llama 3.1 uses 1.0 and 4.0.",
+                related=("high_freq_factor",),
+            )
 
 
 def inverse_frequencies(

@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import torch
 
+from xlafw.arguments import FLOAT32_MAX, InvalidArgument, number, raise_invalid
 from xlafw.optim.schedules import Constant
 
 Schedule = Callable[[torch.Tensor], torch.Tensor]
@@ -38,6 +39,9 @@ class AdamW(torch.optim.Optimizer):
         trainer passes the experiment's schedule.
 
     Implements ``xlafw.optim.TrainableOptimizer``.
+
+    Raises:
+      InvalidArgument: for a hyper-parameter out of its range, naming it.
     """
 
     # exp_avg and exp_avg_sq (the step count is a scalar).
@@ -53,8 +57,7 @@ class AdamW(torch.optim.Optimizer):
         update_clip: float | None = 1.0,
         schedule: Schedule = Constant(),
     ):
-        if lr < 0 or eps <= 0 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"invalid AdamW hyper-parameters: lr={lr} betas={betas} eps={eps}")
+        check_hyperparameters(lr, betas, eps, weight_decay, update_clip, schedule)
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self.update_clip = update_clip
@@ -139,6 +142,62 @@ class AdamW(torch.optim.Optimizer):
         if update_squares:
             self.last_update_norm = torch.stack(update_squares).sum().sqrt()
         return loss
+
+
+def check_hyperparameters(
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    update_clip: float | None,
+    schedule: Schedule,
+) -> None:
+    """Raises ``InvalidArgument`` naming every AdamW hyper-parameter out of its range.
+
+    The learning rate and the decay factors become float32 device scalars,
+    hence the float32 bound.
+    """
+    betas_ok = (
+        isinstance(betas, (tuple, list))
+        and len(betas) == 2
+        and all(number("betas", b, at_least=0, below=1) is None for b in betas)
+    )
+    raise_invalid(
+        number(
+            "lr",
+            lr,
+            at_least=0,
+            at_most=FLOAT32_MAX,
+            fix="the peak learning rate, e.g. 3e-4; the schedule scales it.",
+        ),
+        None
+        if betas_ok
+        else InvalidArgument(
+            "betas",
+            betas,
+            "must be two moment decay rates (beta1, beta2), each in [0, 1). Fix: e.g. (0.9, 0.95).",
+        ),
+        number("eps", eps, above=0, at_most=FLOAT32_MAX, fix="e.g. 1e-8."),
+        number(
+            "weight_decay",
+            weight_decay,
+            at_least=0,
+            at_most=FLOAT32_MAX,
+            fix="e.g. 0.1, or 0 for none.",
+        ),
+        number(
+            "update_clip",
+            update_clip,
+            above=0,
+            allow_none=True,
+            fix="the largest RMS of one parameter's update, e.g. 1.0, or None for no clipping.",
+        ),
+        None
+        if callable(schedule)
+        else InvalidArgument(
+            "schedule", schedule, "must map the step tensor to an LR multiplier (a callable)."
+        ),
+    )
 
 
 def clip_grad_norm(

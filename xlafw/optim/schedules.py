@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from xlafw.arguments import MAX_STEPS, integer, number, raise_invalid
+
 
 @dataclasses.dataclass(frozen=True)
 class Constant:
@@ -32,11 +34,39 @@ class WarmupCosine:
       warmup_steps: steps of linear warm-up; step 1 runs at ``1/warmup_steps``
         of the peak.
       min_ratio: the floor, as a fraction of the peak.
+
+    A warm-up longer than ``total_steps`` is allowed (a short test run of a
+    long recipe): the run then ends before the peak.
     """
 
     total_steps: int
     warmup_steps: int = 100
     min_ratio: float = 0.1
+
+    def __post_init__(self):
+        raise_invalid(
+            integer(
+                "total_steps",
+                self.total_steps,
+                at_least=1,
+                at_most=MAX_STEPS,
+                fix="the trainer fills it with trainer.max_steps.",
+            ),
+            integer(
+                "warmup_steps",
+                self.warmup_steps,
+                at_least=0,
+                at_most=MAX_STEPS,
+                fix="0 for no warm-up (steps count in float32, exact up to 2**24).",
+            ),
+            number(
+                "min_ratio",
+                self.min_ratio,
+                at_least=0,
+                at_most=1,
+                fix="the final LR as a fraction of the peak, e.g. 0.1.",
+            ),
+        )
 
     def __call__(self, step: torch.Tensor) -> torch.Tensor:
         step = step.float()

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from xlafw.arguments import InvalidArgument, instance, integer, is_int, raise_invalid
+
 AXIS_NAMES = ("data", "fsdp", "tensor", "context", "expert")
 # The axes the batch dimension is split over, in this order (the input sharding,
 # the activation rules, the data split per host and the divisibility checks all
@@ -31,15 +33,26 @@ class MeshError(ValueError):
     """The mesh cannot be laid over the devices; the message says why."""
 
 
+def _axis_size_problem(name: str, size: object) -> InvalidArgument | None:
+    if is_int(size) and size == -1:
+        return None
+    return integer(
+        name, size, at_least=1, fix="a size >= 1, or -1 for the devices the other axes leave."
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class AxisSizes:
-    """Size of each mesh axis. -1 (at most one axis) means "the rest"."""
+    """Size of each mesh axis. -1 (at most one ICI axis) means "the rest"."""
 
     data: int = 1
     fsdp: int = 1
     tensor: int = 1
     context: int = 1
     expert: int = 1
+
+    def __post_init__(self):
+        raise_invalid(*(_axis_size_problem(name, getattr(self, name)) for name in AXIS_NAMES))
 
     def as_tuple(self) -> tuple[int, ...]:
         return tuple(getattr(self, name) for name in AXIS_NAMES)
@@ -58,6 +71,31 @@ class Mesh:
     ici: AxisSizes = AxisSizes(fsdp=-1)
     dcn: AxisSizes = AxisSizes()
 
+    def __post_init__(self):
+        raise_invalid(instance("ici", self.ici, AxisSizes), instance("dcn", self.dcn, AxisSizes))
+        rest = [axis for axis in AXIS_NAMES if getattr(self.ici, axis) == -1]
+        raise_invalid(
+            *(
+                InvalidArgument(
+                    f"ici.{axis}",
+                    -1,
+                    f"at most one ICI axis may be -1 (the rest of the devices), and "
+                    f"{' and '.join(rest)} are. Fix: give all but one of them a size.",
+                )
+                for axis in (rest if len(rest) > 1 else ())
+            ),
+            *(
+                InvalidArgument(
+                    f"dcn.{axis}",
+                    -1,
+                    "DCN sizes cannot be -1: they multiply to the slice count. Fix: a size "
+                    "(1 on one slice).",
+                )
+                for axis in AXIS_NAMES
+                if getattr(self.dcn, axis) == -1
+            ),
+        )
+
     def resolve(self, num_devices: int) -> dict[str, int]:
         """Returns the total size of every axis for ``num_devices`` devices.
 
@@ -65,10 +103,8 @@ class Mesh:
           MeshError: when the sizes cannot cover exactly ``num_devices``.
         """
         ici, dcn = self.ici.as_tuple(), self.dcn.as_tuple()
-        if any(s == -1 for s in dcn) or any(s < 1 and s != -1 for s in ici + dcn):
-            raise MeshError(f"mesh sizes must be >= 1 (ici may use -1 once): ici={ici} dcn={dcn}")
-        if sum(s == -1 for s in ici) > 1:
-            raise MeshError(f"at most one ICI axis may be -1, got ici={self.ici}")
+        if num_devices < 1:
+            raise MeshError(f"a mesh needs at least one device, got {num_devices}.")
         fixed = math.prod(s for s in ici if s != -1) * math.prod(dcn)
         if -1 in ici:
             if num_devices % fixed:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from xlafw.arguments import InvalidArgument, raise_invalid, text, texts
 from xlafw.parallel.mesh import BATCH_AXES
 from xlafw.parallel.sharding import ShardingRules
 
@@ -57,6 +58,44 @@ class RematPolicy:
     optimization_barrier_modules: tuple[str, ...] = ()
     pure_modules: tuple[str, ...] = ()
     offload_tensors: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        class_names = "module class names, e.g. ('LlamaDecoderLayer',); () for none."
+        unknown = (
+            [n for n in self.offload_tensors if n not in OFFLOADABLE_TENSORS]
+            if isinstance(self.offload_tensors, tuple)
+            else None
+        )
+        raise_invalid(
+            texts("checkpoint_modules", self.checkpoint_modules, fix=class_names),
+            None
+            if self.checkpoint_scope == "" or text("", self.checkpoint_scope) is None
+            else InvalidArgument(
+                "checkpoint_scope",
+                self.checkpoint_scope,
+                "must be a module path such as 'model.layers', or '' for the whole model.",
+            ),
+            text(
+                "scan_layers",
+                self.scan_layers,
+                allow_none=True,
+                fix="a layer stack's module path such as 'model.layers', or None.",
+            ),
+            texts(
+                "optimization_barrier_modules", self.optimization_barrier_modules, fix=class_names
+            ),
+            texts("pure_modules", self.pure_modules, fix=class_names),
+            texts("offload_tensors", self.offload_tensors)
+            or (
+                InvalidArgument(
+                    "offload_tensors",
+                    self.offload_tensors,
+                    f"names {unknown}; offloadable tensors: {list(OFFLOADABLE_TENSORS)}.",
+                )
+                if unknown
+                else None
+            ),
+        )
 
 
 def unannotated_scan_carry(remat: RematPolicy, rules: ShardingRules, spmd: bool) -> str | None:

@@ -23,6 +23,9 @@ from collections.abc import Mapping
 
 import torch
 
+from xlafw.arguments import InvalidArgument, raise_invalid, show, text
+from xlafw.parallel.mesh import AXIS_NAMES
+
 Spec = tuple[str | tuple[str, ...] | None, ...]
 
 _LAYER_INDEX = re.compile(r"(^|\.)\d+(?=\.|$)")
@@ -74,6 +77,12 @@ class ShardingRules:
     parameters: tuple[tuple[str, Spec], ...] = ()
     activations: tuple[tuple[str, Spec], ...] = ()
 
+    def __post_init__(self):
+        raise_invalid(
+            _rules_problem("parameters", self.parameters),
+            _rules_problem("activations", self.activations),
+        )
+
     @staticmethod
     def _first(rules, name: str) -> Spec | None:
         return next((s for p, s in rules if matches(name, p)), None)
@@ -89,6 +98,52 @@ class ShardingRules:
     def mesh_axes(self) -> set[str]:
         """Every mesh axis name the rules refer to."""
         return {a for _, spec in (*self.parameters, *self.activations) for a in spec_axes(spec)}
+
+
+_RULE_FORM = (
+    "a rule is (pattern, spec): a name pattern and one entry per tensor dimension, each a "
+    "mesh axis, a tuple of axes or None, e.g. ('model.layers.*.mlp.up_proj.weight', "
+    "('fsdp', 'tensor')); () replicates"
+)
+
+
+def _rules_problem(field: str, rules: object) -> InvalidArgument | None:
+    """What is wrong with the form of one rule list (not with the model it is for)."""
+    if not isinstance(rules, tuple):
+        return InvalidArgument(field, rules, f"must be a tuple of rules; {_RULE_FORM}.")
+    for i, rule in enumerate(rules):
+        where = f"{field}[{i}]"
+        if not isinstance(rule, tuple) or len(rule) != 2 or not isinstance(rule[1], tuple):
+            return InvalidArgument(where, rule, f"is not a rule; {_RULE_FORM}.")
+        pattern, spec = rule
+        if text(where, pattern) is not None:
+            return InvalidArgument(
+                where, rule, f"its pattern {show(pattern)} is not a non-blank name pattern."
+            )
+        for entry in spec:
+            names = entry if isinstance(entry, tuple) else (entry,)
+            if entry is None or (names and all(isinstance(n, str) for n in names)):
+                continue
+            return InvalidArgument(
+                where, rule, f"its spec entry {entry!r} is not an axis, a tuple of axes or None."
+            )
+        axes = spec_axes(spec)
+        unknown = [a for a in axes if a not in AXIS_NAMES]
+        if unknown:
+            return InvalidArgument(
+                where,
+                rule,
+                f"names mesh axes {unknown} that do not exist. Fix: use {', '.join(AXIS_NAMES)}.",
+            )
+        twice = sorted({a for a in axes if axes.count(a) > 1})
+        if twice:
+            return InvalidArgument(
+                where,
+                rule,
+                f"splits over mesh axis {', '.join(twice)} more than once; an axis can "
+                f"shard one dimension only. Fix: name each axis once.",
+            )
+    return None
 
 
 def check_rules(
@@ -146,9 +201,10 @@ def check_rules(
     if multi_device and uncovered:
         shown = sorted(set(uncovered))
         problems.append(
-            f"{len(shown)} parameter names match no sharding rule and would be replicated on "
-            f"every device: {', '.join(shown[:5])}{' ...' if len(shown) > 5 else ''}. Fix: add "
-            f"rules (use spec () to replicate on purpose)."
+            f"{len(shown)} parameter names match no rule of sharding.parameters and would be "
+            f"replicated on every device: {', '.join(shown[:5])}"
+            f"{' ...' if len(shown) > 5 else ''}. Fix: add rules (use spec () to replicate on "
+            f"purpose)."
         )
     for i, (pattern, _) in enumerate(rules.parameters):
         if i not in used:

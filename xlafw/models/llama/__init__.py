@@ -67,12 +67,21 @@ class LlamaFamily(ModelFamily):
         if heads % kv:
             yield (
                 f"model.config.num_attention_heads={heads} is not divisible by "
-                f"num_key_value_heads={kv}. Fix: choose kv heads that divide the heads."
+                f"model.config.num_key_value_heads={kv}. Fix: choose kv heads that divide the "
+                f"heads."
             )
         if config.head_dim is None and config.hidden_size % heads:
             yield (
                 f"model.config.hidden_size={config.hidden_size} is not divisible by "
-                f"num_attention_heads={heads}. Fix: change one, or set model.config.head_dim."
+                f"model.config.num_attention_heads={heads}. Fix: change one, or set "
+                f"model.config.head_dim."
+            )
+        elif config.head_dim is None and (config.hidden_size // heads) % 2:
+            yield (
+                f"model.config.hidden_size={config.hidden_size} / "
+                f"model.config.num_attention_heads={heads} gives an odd head width "
+                f"({config.hidden_size // heads}); RoPE rotates pairs of dimensions. Fix: "
+                f"change one, or set an even model.config.head_dim."
             )
         if seq_len > config.max_position_embeddings:
             yield (

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xlafw.arguments import InvalidArgument, instance, integer, is_int, number, raise_invalid
 from xlafw.models.attention import Attention, AttentionKernel, AttentionMasks
 from xlafw.models.attention_kernels import KernelBlockSizes
 from xlafw.models.layers import (
@@ -39,6 +40,38 @@ __all__ = [
     "LlamaModel",
     "RMSNorm",
 ]
+
+
+# Upper bounds of LlamaConfig's sizes, far above any published model (Llama 3.1
+# 405B: width 16384, MLP 53248, 126 layers, 128 heads, vocabulary 128256). They
+# keep a slip such as extra digits from reaching validation's meta-device build,
+# which builds every layer, and the rotary table it computes on the host.
+SIZE_LIMITS = {
+    "vocab_size": 2**24,
+    "hidden_size": 2**20,
+    "intermediate_size": 2**22,
+    "num_hidden_layers": 2**12,
+    "num_attention_heads": 2**12,
+    "num_key_value_heads": 2**12,
+    "max_position_embeddings": 2**40,
+}
+HEAD_DIM_LIMIT = 2**16
+_SIZE_FIX = (
+    "sizes are checked against generous limits (SIZE_LIMITS in xlafw/models/llama/model.py)."
+)
+
+
+def _head_dim_problem(head_dim: object) -> InvalidArgument | None:
+    if head_dim is None or (
+        is_int(head_dim) and 2 <= head_dim <= HEAD_DIM_LIMIT and head_dim % 2 == 0
+    ):
+        return None
+    return InvalidArgument(
+        "head_dim",
+        head_dim,
+        f"must be an even integer from 2 to {HEAD_DIM_LIMIT} (RoPE rotates pairs of "
+        f"dimensions), or None for hidden_size // num_attention_heads.",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +97,11 @@ class LlamaConfig:
       attention_block_sizes: query/key tile sizes of the flash and splash
         kernels (ignored by the reference kernel).
       is_causal: decoder (True) or bidirectional (False) attention.
+
+    Each field's own range is checked when the config is made (``__post_init__``;
+    a subclass's ``__post_init__`` calls ``super().__post_init__()`` first);
+    checks across fields and against the data are the family's
+    (``LlamaFamily.problems``).
     """
 
     vocab_size: int
@@ -81,6 +119,33 @@ class LlamaConfig:
     attention_kernel: AttentionKernel = AttentionKernel.REFERENCE
     attention_block_sizes: KernelBlockSizes = KernelBlockSizes()
     is_causal: bool = True
+
+    def __post_init__(self):
+        raise_invalid(
+            *(
+                integer(name, getattr(self, name), at_least=1, at_most=limit, fix=_SIZE_FIX)
+                for name, limit in SIZE_LIMITS.items()
+            ),
+            _head_dim_problem(self.head_dim),
+            number("rope_theta", self.rope_theta, above=0, fix="Llama 3 uses 500000.0."),
+            instance(
+                "rope_scaling",
+                self.rope_scaling,
+                Llama3RopeScaling,
+                allow_none=True,
+                fix="a Llama3RopeScaling, or None for plain RoPE.",
+            ),
+            number("rms_norm_eps", self.rms_norm_eps, above=0, fix="Llama uses 1e-5."),
+            number(
+                "initializer_range",
+                self.initializer_range,
+                above=0,
+                fix="the std of the normal init, e.g. 0.02 (0 would make every weight 0).",
+            ),
+            instance("attention_kernel", self.attention_kernel, AttentionKernel),
+            instance("attention_block_sizes", self.attention_block_sizes, KernelBlockSizes),
+            instance("is_causal", self.is_causal, bool),
+        )
 
     @property
     def resolved_head_dim(self) -> int:
