@@ -37,7 +37,7 @@ from fiddle import absl_flags as fdl_flags  # registers --fdl_config, --fdl_set,
 
 from xlafw.config import ConfigError, build_config
 from xlafw.exit_codes import ExitCode
-from xlafw.launch import xpk
+from xlafw.launch import checks, xpk
 from xlafw.launch.launcher import (
     PodRequest,
     Prepared,
@@ -98,12 +98,18 @@ def _request() -> PodRequest:
 
 def _prepare() -> Prepared:
     """Everything that can exit 2: the request, the config, the tools."""
-    prepared = prepare(
-        _request(),
-        lambda: build_config(
-            FLAGS.fdl_config, FLAGS.fdl_config_file, FLAGS.fiddler or (), FLAGS.fdl_set or ()
-        ),
-    )
+    problems = checks.manifest_problems(_MANIFEST.value) if _MANIFEST.value else []
+    try:
+        prepared = prepare(
+            _request(),
+            lambda: build_config(
+                FLAGS.fdl_config, FLAGS.fdl_config_file, FLAGS.fiddler or (), FLAGS.fdl_set or ()
+            ),
+        )
+    except ConfigError as e:
+        raise ConfigError(problems + e.problems) from None
+    if problems:
+        raise ConfigError(problems)
     if not _MANIFEST.value:
         xpk.check_submit_tools()
     return prepared

@@ -8,8 +8,10 @@ writes or submits anything.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import fiddle as fdl
 import numpy as np
@@ -71,6 +73,24 @@ def parse_env(items: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return env, problems
 
 
+def manifest_problems(path: str) -> list[str]:
+    """``--manifest`` names a file the launcher can write (with its config and script beside it)."""
+    manifest = Path(path).expanduser()
+    if manifest.is_dir():
+        return [
+            f"--manifest={path} is a directory. Fix: a file path inside it, e.g. "
+            f"--manifest={manifest / 'jobset.yaml'}."
+        ]
+    parent = manifest.parent
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return [f"--manifest={path}: {parent} is a file, so the manifest cannot be written."]
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return [f"--manifest={path}: {parent} is not writable. Fix: another directory."]
+    return []
+
+
 def _in_bucket(directory: str) -> bool:
     return directory.startswith("gs://") and len(directory) > len("gs://")
 
@@ -110,11 +130,11 @@ def host_batch_problems(cfg: fdl.Config, slice_: SliceType, num_slices: int) -> 
     the logical multi-slice order when DCN axes > 1, else devices in id order.
     Mesh errors themselves are reported by ``validate``.
     """
-    mesh: Mesh = fdl.build(cfg.mesh)
     chips = slice_.chips * num_slices
     try:
+        mesh: Mesh = fdl.build(cfg.mesh)
         sizes = mesh.resolve(chips)
-    except MeshError:
+    except ValueError:  # an invalid mesh (InvalidArgument, MeshError): validate reports it
         return []
     dcn = mesh.dcn.as_tuple()
     if math.prod(dcn) > 1:
@@ -128,6 +148,8 @@ def host_batch_problems(cfg: fdl.Config, slice_: SliceType, num_slices: int) -> 
         where = f"{num_slices} x {slice_.name} ({slice_.chips_per_host} chips per host)"
         return [f"mesh: on {where}: {e}"]
     batch = cfg.data.global_batch_size
+    if not isinstance(batch, int) or batch < 1:
+        return []  # validate reports it
     if batch % readers:
         return [
             f"data.global_batch_size={batch} does not split over the {readers} hosts that read "

@@ -19,6 +19,7 @@ from fiddle.experimental import serialization
 
 from xlafw import storage
 from xlafw.config.errors import ConfigError
+from xlafw.config.hardware import Devices
 from xlafw.config.provenance import config_hash
 from xlafw.config.validation import validate
 from xlafw.launch import checks
@@ -125,17 +126,29 @@ def prepare(request: PodRequest, build: Callable[[], fdl.Config]) -> Prepared:
         cfg = build()
     except ConfigError as e:
         raise ConfigError(problems + e.problems) from None
-    run_dir = str(cfg.trainer.run_dir).format(experiment=cfg.name).rstrip("/")
+    try:
+        if slice_ is not None and request.num_slices >= 1:
+            validate(cfg, target=request.target, num_slices=request.num_slices)
+        else:  # the slices are not known: check the config on its own
+            validate(cfg, purpose="plan", devices=Devices("the requested slices", count=None))
+    except ConfigError as e:
+        problems += e.problems
+    if slice_ is not None and request.num_slices >= 1:
+        problems += checks.host_batch_problems(cfg, slice_, request.num_slices)
+    try:
+        run_dir = str(cfg.trainer.run_dir).format(experiment=cfg.name).rstrip("/")
+        checkpoint_dir = str(cfg.checkpoint.directory).format(run_dir=run_dir)
+    except (KeyError, IndexError, ValueError, AttributeError):  # a bad template
+        if not problems:
+            problems.append(
+                f"trainer.run_dir={cfg.trainer.run_dir!r} or checkpoint.directory="
+                f"{cfg.checkpoint.directory!r} is not a valid template. Fix: use only "
+                f"{{experiment}} and {{run_dir}} placeholders."
+            )
+        raise ConfigError(problems) from None
     hosts = slice_.hosts * request.num_slices if slice_ is not None else 0
     problems += checks.run_dir_problems(run_dir, hosts)
-    checkpoint_dir = str(cfg.checkpoint.directory).format(run_dir=run_dir)
     problems += checks.checkpoint_dir_problems(checkpoint_dir)
-    if slice_ is not None and request.num_slices >= 1:
-        try:
-            validate(cfg, target=request.target, num_slices=request.num_slices)
-        except ConfigError as e:
-            problems += e.problems
-        problems += checks.host_batch_problems(cfg, slice_, request.num_slices)
     if problems:
         raise ConfigError(problems)
     assert slice_ is not None  # no problems: the target resolved
