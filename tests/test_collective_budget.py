@@ -34,9 +34,7 @@ MIXTRAL_SMALL = (
 )
 
 # Budgets per collective kind, for the 2-layer models above (21 parameters for Llama,
-# 19 for Mixtral). INTERIM: the budgets below are the counts before AdamW's batched
-# norms; once xlafw/optim/adamw.py uses sums_of_squares they drop to the "now" counts
-# (all-reduce 24, 52, 30), which become the budgets. Measured (all-reduce,
+# 19 for Mixtral): the counts measured when issue 17 was closed. Measured (all-reduce,
 # all-gather, all-to-all, collective-permute; total):
 #   llama_tiny fsdp=4:                 before issue 17: 65, 23, 0, 0 (88); now 24, 23, 0, 0 (47)
 #   llama_tiny_spmd fsdp 4 x tensor 2: before: 126, 44, 0, 12 (182); now 52, 44, 0, 12 (108)
@@ -49,15 +47,15 @@ MIXTRAL_SMALL = (
 # xlafw's 84 and 192: its backward gathers each weight again, transposed, and its
 # gradient norm is one all-reduce per parameter.
 BUDGETS = {
-    "llama_tiny": {"all-reduce": 65, "all-gather": 23, "all-to-all": 0, "collective-permute": 0},
+    "llama_tiny": {"all-reduce": 24, "all-gather": 23, "all-to-all": 0, "collective-permute": 0},
     "llama_tiny_spmd": {
-        "all-reduce": 126,
+        "all-reduce": 52,
         "all-gather": 44,
         "all-to-all": 0,
         "collective-permute": 12,
     },
     "mixtral_tiny_ep": {
-        "all-reduce": 91,
+        "all-reduce": 30,
         "all-gather": 33,
         "all-to-all": 6,
         "collective-permute": 0,

@@ -7,7 +7,9 @@ Differences from ``torch.optim.AdamW``:
   * Update clipping (Adafactor's ``clip_threshold``, Shazeer & Stern 2018):
     each parameter's Adam update ``m_hat / (sqrt(v_hat) + eps)`` is scaled down
     so its RMS is at most ``update_clip``. It tames the spikes that follow rare
-    large gradients, which global-norm gradient clipping alone does not.
+    large gradients, which global-norm gradient clipping alone does not. Every
+    parameter's RMS comes from one batched reduction (``sums_of_squares``):
+    under SPMD one all-reduce per step, not one per parameter.
   * Weight decay is decoupled and applies to matrices only (``ndim >= 2``):
     never to norm gains.
 """
@@ -20,6 +22,7 @@ from typing import ClassVar
 import torch
 
 from xlafw.arguments import FLOAT32_MAX, InvalidArgument, number, raise_invalid
+from xlafw.optim.norms import sums_of_squares
 from xlafw.optim.schedules import Constant
 
 Schedule = Callable[[torch.Tensor], torch.Tensor]
@@ -64,6 +67,7 @@ class AdamW(torch.optim.Optimizer):
         self.schedule = schedule
         self.last_lr: torch.Tensor | None = None
         self.last_update_norm: torch.Tensor | None = None
+        self._numels: dict[tuple[int, ...], torch.Tensor] = {}  # parameter sizes on device
 
     @torch.no_grad()
     def init_state(self) -> None:
@@ -120,6 +124,7 @@ class AdamW(torch.optim.Optimizer):
             lr = group["lr"] * self.schedule(step)
             self.last_lr = lr
             correction1, correction2 = 1 - beta1**step, 1 - beta2**step
+            updates = []
             for p in params:
                 state, grad = self.state[p], p.grad
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
@@ -127,21 +132,33 @@ class AdamW(torch.optim.Optimizer):
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 m_hat = exp_avg / correction1
                 v_hat = exp_avg_sq / correction2
-                update = m_hat / (v_hat.sqrt() + group["eps"])
-                # One reduction serves both the clipping and the logged update norm:
-                # ||lr * update||^2 = lr^2 * numel * rms^2, rms taken after clipping.
-                rms = update.float().pow(2).mean().sqrt()
+                updates.append(m_hat / (v_hat.sqrt() + group["eps"]))
+            # One batched reduction serves the clipping and the logged update norm of
+            # every parameter: ||lr * update||^2 = lr^2 * numel * rms^2, rms after clipping.
+            numels = self._numels_on_device(params)
+            rms = (sums_of_squares(updates, like=params) / numels).sqrt()
+            if self.update_clip is not None:
+                scales = (rms / self.update_clip).clamp(min=1.0)
+                rms = rms / scales
+            update_squares.append(((lr * rms).pow(2) * numels).sum())
+            for i, (p, update) in enumerate(zip(params, updates, strict=True)):
                 if self.update_clip is not None:
-                    scale = (rms / self.update_clip).clamp(min=1.0)
-                    update = update / scale.to(update.dtype)
-                    rms = rms / scale
-                update_squares.append((lr * rms).pow(2) * p.numel())
+                    update = update / scales[i].to(update.dtype)
                 if group["weight_decay"] and p.ndim >= 2:
                     p.mul_(1 - lr * group["weight_decay"])
                 p.sub_(lr.to(p.dtype) * update)
         if update_squares:
             self.last_update_norm = torch.stack(update_squares).sum().sqrt()
         return loss
+
+    def _numels_on_device(self, params: list[torch.nn.Parameter]) -> torch.Tensor:
+        """The parameters' sizes as a float32 device vector, uploaded once, not every step."""
+        sizes = tuple(p.numel() for p in params)
+        if sizes not in self._numels:
+            self._numels[sizes] = torch.tensor(
+                [float(n) for n in sizes], dtype=torch.float32, device=params[0].device
+            )
+        return self._numels[sizes]
 
 
 def check_hyperparameters(
@@ -206,13 +223,15 @@ def clip_grad_norm(
     """Scales gradients so their global L2 norm is at most ``max_norm``.
 
     Unlike ``torch.nn.utils.clip_grad_norm_`` this never reads a value on the
-    host, so it stays inside the compiled step.
+    host, so it stays inside the compiled step, and under SPMD it reduces every
+    gradient with one all-reduce (``sums_of_squares``), not one per parameter.
 
     Returns:
       The global norm before clipping (a device scalar).
     """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    total = torch.stack([g.float().pow(2).sum() for g in grads]).sum().sqrt()
+    params = [p for p in parameters if p.grad is not None]
+    grads = [p.grad for p in params]
+    total = sums_of_squares(grads, like=params).sum().sqrt()
     if max_norm is not None and max_norm > 0:
         scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
         for g in grads:
