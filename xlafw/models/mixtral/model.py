@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xlafw.arguments import instance, integer, number, raise_invalid
 from xlafw.models.attention import AttentionMasks
 from xlafw.models.layers import (
     CausalLMOutput,
@@ -124,6 +125,38 @@ class MixtralConfig(LlamaConfig):
     router_aux_loss_coef: float = 0.02
     capacity_factor: float | None = None
     moe_kernel: MoeKernel = MoeKernel.GATHER
+
+    def __post_init__(self):
+        super().__post_init__()  # Llama's fields
+        experts = "Mixtral 8x7B and 8x22B use 8 experts, top 2."
+        raise_invalid(
+            integer(
+                "num_local_experts", self.num_local_experts, at_least=1, at_most=4096, fix=experts
+            ),
+            integer(
+                "num_experts_per_tok",
+                self.num_experts_per_tok,
+                at_least=1,
+                at_most=4096,
+                fix=experts,
+            ),
+            number(
+                "router_aux_loss_coef",
+                self.router_aux_loss_coef,
+                at_least=0,
+                at_most=1e3,
+                fix="Mixtral uses 0.001-0.02; 0 turns the load-balancing loss off.",
+            ),
+            number(
+                "capacity_factor",
+                self.capacity_factor,
+                above=0,
+                at_most=1e3,
+                allow_none=True,
+                fix="None for dropless routing, or e.g. 1.25.",
+            ),
+            instance("moe_kernel", self.moe_kernel, MoeKernel),
+        )
 
     def capacity(self, seq_len: int) -> int:
         """Slots per expert and sequence."""
