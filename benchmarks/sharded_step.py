@@ -17,15 +17,25 @@ For each mesh, alternating in each round, every run in a fresh process:
   ``torch_xla.compile`` per step. ``--hand_linear=einsum`` gives it torch_xla's
   einsum ``nn.Linear`` patch, as xlafw applies under SPMD.
 
+- torchprime (``--torchprime DIR``, its source; set up by
+  ``python -m benchmarks.torchprime_step --setup``, whose docstring lists what
+  runs and every difference from xlafw's workload): torchprime's own trainer
+  on llama_tiny's model, batches and AdamW, FSDP over the same 4 devices, in
+  the fsdp=4 table only.
+
 ``--single`` adds xlafw on one device (the reference of the "sharded step costs
-what the one-device step costs" target) to the first mesh's table.
+what the one-device step costs" target) to the first mesh's table, and with
+``--torchprime`` torchprime on one device to the fsdp=4 table.
 
 Every process runs with XLA dumping its compiled modules; the step's module
 (the largest) gives the collectives per step and the bytes they leave on each
 device (``xlafw.parallel.hlo``). s/step is the median of the logging windows
 after step ``--warmup``; CPU s/step is the process's CPU time (every thread,
 from /proc) between the first logged step after warm-up and the last step,
-divided by the steps between them. Prints one table per mesh.
+divided by the steps between them. Prints one table per mesh. torchprime's
+compiles are torch_xla's ``UncachedCompile`` count, its model's on-device
+initialization included; its collectives are those of its largest module but
+that initialization (``torchprime_step.run_torchprime``).
 """
 
 from __future__ import annotations
@@ -40,7 +50,11 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
+
+from benchmarks.torchprime_step import add_arguments as add_torchprime_arguments
+from benchmarks.torchprime_step import run_torchprime
 
 ROOT = Path(__file__).resolve().parents[1]
 MESHES = {
@@ -117,10 +131,11 @@ def _drain(proc: subprocess.Popen, into: list[str]) -> threading.Thread:
     return thread
 
 
-def _collectives(dump: Path) -> dict:
+def _collectives(dump: Path, exclude: frozenset[Path] = frozenset()) -> dict:
+    """Collectives of the largest compiled module (the step's), ``exclude`` aside."""
     from xlafw.parallel import hlo
 
-    found = hlo.collectives(hlo.largest_module(dump).read_text())
+    found = hlo.collectives(hlo.largest_module(dump, exclude).read_text())
     return {"total": found.total, "bytes": found.total_bytes, "counts": found.counts}
 
 
@@ -257,10 +272,15 @@ def _table(title: str, results: dict[str, list[dict]], steps: int, warmup: int) 
             f"{c['total']:11d} {c['bytes'] / 2**20:8.1f}  {kinds}"
         )
     names = list(results)
-    base = statistics.median(r["step_s"] for r in results[names[0]])
-    for other in names[1:]:
-        ratio = base / statistics.median(r["step_s"] for r in results[other])
-        print(f"{names[0]} / {other}: {ratio:.3f}")
+    pairs = [(names[0], other) for other in names[1:]]
+    singles = [name for name in names if "1 device" in name]
+    if len(singles) == 2:  # xlafw and torchprime, each on one device
+        pairs.append((singles[0], singles[1]))
+    for name, other in pairs:
+        ratio = statistics.median(r["step_s"] for r in results[name]) / statistics.median(
+            r["step_s"] for r in results[other]
+        )
+        print(f"{name} / {other}: {ratio:.3f}")
 
 
 def main() -> None:
@@ -276,6 +296,13 @@ def main() -> None:
         "--hand_linears", default="plain", help="hand-loop variants: plain, einsum or both"
     )
     parser.add_argument("--xlafw_args", nargs="*", default=[], help="extra xlafw flags")
+    parser.add_argument(
+        "--torchprime",
+        type=Path,
+        metavar="DIR",
+        help="torchprime's source: add its runs to the fsdp=4 table (benchmarks.torchprime_step)",
+    )
+    add_torchprime_arguments(parser)
     # The hand loop's own process.
     parser.add_argument("--hand", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--experiment", help=argparse.SUPPRESS)
@@ -286,22 +313,31 @@ def main() -> None:
         hand_loop(args)
         return
     linears = ["plain", "einsum"] if args.hand_linears == "both" else [args.hand_linears]
+    variant = ""  # torchprime's row names say when it runs other than as documented
+    if args.torchprime_optimizer == "adafactor":
+        variant = ", adafactor"
+    elif args.torchprime_clip:
+        variant = ", clip"
     tables = {}
     for index, mesh in enumerate(args.meshes.split(",")):
         experiment, devices = MESHES[mesh]
-        results: dict[str, list[dict]] = {f"xlafw {mesh}": []}
+        # torchprime runs llama_tiny's workload (FSDP over every device) only.
+        torchprime = args.torchprime if mesh == "fsdp=4" else None
+        runs = {f"xlafw {mesh}": partial(run_xlafw, experiment, devices, args)}
         for linear in linears:
-            results[f"hand loop {mesh}, {linear}"] = []
+            runs[f"hand loop {mesh}, {linear}"] = partial(
+                run_hand, experiment, devices, args, linear
+            )
+        if torchprime:
+            runs[f"torchprime {mesh}{variant}"] = partial(run_torchprime, devices, args, torchprime)
         if args.single and index == 0:
-            results["xlafw, 1 device"] = []
-        for _ in range(args.rounds):
-            results[f"xlafw {mesh}"].append(run_xlafw(experiment, devices, args))
-            for linear in linears:
-                results[f"hand loop {mesh}, {linear}"].append(
-                    run_hand(experiment, devices, args, linear)
-                )
-            if args.single and index == 0:
-                results["xlafw, 1 device"].append(run_xlafw(experiment, 1, args))
+            runs["xlafw, 1 device"] = partial(run_xlafw, experiment, 1, args)
+        if args.single and torchprime:
+            runs[f"torchprime, 1 device{variant}"] = partial(run_torchprime, 1, args, torchprime)
+        results: dict[str, list[dict]] = {name: [] for name in runs}
+        for _ in range(args.rounds):  # every run once per round, in this order
+            for name, run in runs.items():
+                results[name].append(run())
         tables[mesh] = results
         _table(mesh, results, args.steps, args.warmup)
     print(json.dumps({m: {k: v for k, v in r.items()} for m, r in tables.items()}, default=str))
