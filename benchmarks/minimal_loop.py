@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--device", choices=("xla", "eager"), default="xla")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--metrics", help="also write a JSON row per logged step here")
     args = parser.parse_args()
     launch = float(os.environ.get("BENCH_LAUNCH_TIME", time.time()))
     dtype = getattr(torch, args.dtype)
@@ -78,8 +79,12 @@ def main() -> None:
         if args.device == "xla":
             torch_xla.sync()
         if step == 1 or step % LOG_EVERY == 0:
-            loss.item()  # wait for the step, as a logging loop does
+            value = loss.item()  # wait for the step, as a logging loop does
             now = time.perf_counter()
+            if args.metrics:  # read by benchmarks.step_time for the CPU time between steps
+                with open(args.metrics, "a") as rows:
+                    rows.write(json.dumps({"step": step, "loss": value, "timestamp": time.time()}))
+                    rows.write("\n")
             windows.append((step, (now - last) / (1 if step == 1 else LOG_EVERY)))
             last = now
             if step == 1:

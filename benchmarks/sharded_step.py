@@ -116,6 +116,7 @@ def _watch(cmd: list[str], env: dict, metrics: Path, warmup: int, steps: int) ->
         "step_s": statistics.median(windows),
         "cpu_s": (cpu[last] - cpu[first]) / (last - first) if first is not None else float("nan"),
         "losses": [r["loss"] for r in rows],
+        "output": "".join(output),
     }
 
 

@@ -17,6 +17,7 @@ from xlafw.optim import (
     clip_grad_norm,
     state_tensors_per_parameter,
 )
+from xlafw.optim.norms import sums_of_squares
 
 
 def test_warmup_cosine_ramps_up_then_decays_to_the_floor():
@@ -29,29 +30,35 @@ def test_warmup_cosine_ramps_up_then_decays_to_the_floor():
     )
 
 
-def _twin_params(seed=0):
+# A small parameter and a llama-sized one (33k elements: summation order matters).
+SHAPES = [(4, 3), (256, 129)]
+
+
+def _twin_params(seed=0, shape=(4, 3), dtype=torch.float32):
     torch.manual_seed(seed)
-    w = torch.randn(4, 3)
+    w = torch.randn(*shape, dtype=dtype)
     return torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
 
 
-def test_adamw_without_update_clip_matches_torch_adamw():
-    ours, theirs = _twin_params()
+@pytest.mark.parametrize("shape", SHAPES)
+def test_adamw_without_update_clip_matches_torch_adamw(shape):
+    ours, theirs = _twin_params(shape=shape)
     opt = AdamW([ours], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, update_clip=None)
     ref = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1)
     for step in range(5):
-        grad = torch.randn(4, 3, generator=torch.Generator().manual_seed(step))
+        grad = torch.randn(*shape, generator=torch.Generator().manual_seed(step))
         ours.grad, theirs.grad = grad.clone(), grad.clone()
         opt.step()
         ref.step()
     torch.testing.assert_close(ours, theirs)
 
 
-def test_update_clip_bounds_the_rms_of_each_update():
-    (p, _) = _twin_params()
+@pytest.mark.parametrize("shape", SHAPES)
+def test_update_clip_bounds_the_rms_of_each_update(shape):
+    (p, _) = _twin_params(shape=shape)
     before = p.detach().clone()
     opt = AdamW([p], lr=1.0, weight_decay=0.0, update_clip=0.5)
-    p.grad = torch.randn(4, 3)
+    p.grad = torch.randn(*shape)
     opt.step()  # first Adam update has |u| ~ 1 everywhere, so RMS ~ 1 before clipping
     update = before - p.detach()
     assert math.isclose(update.pow(2).mean().sqrt().item(), 0.5, rel_tol=1e-4)
@@ -74,14 +81,23 @@ def test_clip_grad_norm_returns_the_preclip_norm_and_scales_to_max():
     assert math.isclose(total, 1.0, rel_tol=1e-5)
 
 
-def test_logged_update_norm_is_the_norm_of_the_applied_update():
-    (p, _) = _twin_params()
+@pytest.mark.parametrize("shape", SHAPES)
+def test_logged_update_norm_is_the_norm_of_the_applied_update(shape):
+    # float64 weights: in float32, before - after loses ~1e-5 of a small update's norm.
+    (p, _) = _twin_params(shape=shape, dtype=torch.float64)
     before = p.detach().clone()
     opt = AdamW([p], lr=0.1, weight_decay=0.0, update_clip=0.5)
-    p.grad = torch.randn(4, 3)
+    p.grad = torch.randn(*shape, dtype=torch.float64)
     opt.step()
     applied = (before - p.detach()).norm().item()
     assert math.isclose(opt.last_update_norm.item(), applied, rel_tol=1e-5)
+
+
+def test_sums_of_squares_match_float64():
+    gen = torch.Generator().manual_seed(0)
+    tensors = [torch.randn(688, 256, generator=gen), torch.randn(300, generator=gen)]
+    want = torch.stack([t.double().pow(2).sum() for t in tensors])
+    torch.testing.assert_close(sums_of_squares(tensors).double(), want, rtol=1e-6, atol=0)
 
 
 def test_adamw_is_a_trainable_optimizer_and_declares_the_state_it_creates():
