@@ -11,7 +11,8 @@ import pytest
 from tests.conftest import ROOT
 from xlafw.config import ConfigError, build_config, validate
 from xlafw.config.hardware import GiB, resolve_devices, tpu_target
-from xlafw.config.plan import make_plan, meta_model
+from xlafw.config.plan import format_plan, make_plan, meta_model
+from xlafw.models.mixtral import MoeKernel
 
 EXPECTED_PARAMETERS = {
     "llama_8b": 8_030_261_248,
@@ -180,3 +181,16 @@ def test_cli_refuses_llama_8b_on_this_machine_before_xla(xlafw_cli):
     assert time.monotonic() - start < 20
     assert "--dry_run" in proc.stderr and "llama_tiny" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_mixtral_gather_dispatch_on_a_batch_parallel_mesh_is_advised_against():
+    cfg = build_config("mixtral_8x7b")  # einsum dispatch: partitioned over the batch
+    assert make_plan(cfg, tpu_target("v5p-256")).advice == ()
+    cfg.model.config.moe_kernel = MoeKernel.GATHER
+    plan = make_plan(cfg, tpu_target("v5p-256"))
+    (advice,) = plan.advice
+    assert "moe_kernel=gather on a mesh with 128 batch-parallel ways" in advice
+    assert "--fdl_set=model.config.moe_kernel=einsum" in advice
+    assert advice in format_plan(plan)
+    one_device = build_config("mixtral_tiny")  # gather, the faster path on one device
+    assert make_plan(one_device, resolve_devices(num_devices=1)).advice == ()

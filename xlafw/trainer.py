@@ -639,6 +639,8 @@ def train(cfg: fdl.Config, argv: Sequence[str] = (), plan: Plan | None = None) -
     if plan is None:
         plan = validate(cfg)
     stage(2, "config validated: %s", plan.family.name)
+    for advice in plan.advice:
+        log.warning("%s", advice)
     experiment: Experiment = fdl.build(cfg)
     run_dir = experiment.run_dir
     log.info("config:\n%s", printing.as_str_flattened(cfg))

@@ -130,6 +130,8 @@ class Plan:
       flops_per_token: training FLOPs (forward and backward) per token.
       sharding: the sharding table.
       data: what the data pipeline reads and how it packs it, one line each.
+      advice: settings that run but waste the mesh (the family's
+        ``mesh_advice``), one line each, with the fix.
     """
 
     experiment: str
@@ -146,6 +148,7 @@ class Plan:
     flops_per_token: int
     sharding: tuple[ShardingRow, ...]
     data: tuple[str, ...] = ()
+    advice: tuple[str, ...] = ()
 
     @property
     def flops_per_step(self) -> int:
@@ -348,6 +351,7 @@ def make_plan(cfg: fdl.Config, devices: Devices, model: torch.nn.Module | None =
         flops_per_token=flops_per_token(cfg),
         sharding=sharding_table(model, fdl.build(cfg.sharding), axes),
         data=data_summary(cfg),
+        advice=tuple(family.mesh_advice(model.config, axes)),
     )
 
 
@@ -411,4 +415,6 @@ def format_plan(plan: Plan) -> str:
             f"  {name:<{width}} {_spec_str(row.spec):<28} {list(row.global_shape)!s:<16} "
             f"{list(row.local_shape)}"
         )
+    if plan.advice:
+        lines += ["", "advice (runs, but wastes the mesh)", *(f"  {line}" for line in plan.advice)]
     return "\n".join(lines)

@@ -105,6 +105,13 @@ class ModelFamily:
         """Problems of the config on a resolved mesh (e.g. experts over the ``expert`` axis)."""
         return iter(())
 
+    def mesh_advice(self, config: Any, axis_sizes: Mapping[str, int]) -> Iterator[str]:
+        """Settings that run on the mesh but waste it (a slower path, not an error).
+
+        ``--dry_run`` prints them and the trainer logs them as warnings.
+        """
+        return iter(())
+
     def scan_problem(self, config: Any) -> str | None:
         """Why the layer stack cannot run under ``remat.scan_layers``, or None."""
         return None

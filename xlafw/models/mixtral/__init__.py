@@ -18,6 +18,7 @@ from xlafw.models.mixtral.model import (
     MoeKernel,
 )
 from xlafw.models.mixtral.sharding import MIXTRAL_EP, MIXTRAL_FSDP, RULE_SETS
+from xlafw.parallel.mesh import batch_ways
 from xlafw.parallel.sharding import ShardingRules
 
 __all__ = [
@@ -133,6 +134,17 @@ class MixtralFamily(LlamaFamily):
                 f"model.config.moe_kernel=gmm runs on one device only (the mesh has {devices}): "
                 "its Pallas kernel is not partitioned over a mesh. Fix: use moe_kernel=gather "
                 "with a capacity_factor for sharded runs."
+            )
+
+    def mesh_advice(self, config: MixtralConfig, axis_sizes: Mapping[str, int]) -> Iterator[str]:
+        ways = batch_ways(axis_sizes)
+        if config.moe_kernel is MoeKernel.GATHER and ways > 1:
+            yield (
+                f"model.config.moe_kernel=gather on a mesh with {ways} batch-parallel ways: "
+                "XLA's partitioner does not see its gathers as batch-parallel, so every "
+                "device gathers the global batch's tokens and all-reduces their gradients. "
+                "Fix: --fdl_set=model.config.moe_kernel=einsum (its dispatch is partitioned "
+                "over the batch)."
             )
 
     def tpu_only(self, config: MixtralConfig) -> str | None:
