@@ -171,6 +171,11 @@ def read_hf_config(directory: str | os.PathLike) -> tuple[ModelFamily, object]:
       HfCheckpointError: for a directory in a bucket, a missing or unreadable
         ``config.json``, or a model no family reads.
     """
+    return config_from_hf(_config_json(directory))
+
+
+def _config_json(directory: str | os.PathLike) -> dict:
+    """A local Hugging Face directory's ``config.json``, parsed (errors as ``read_hf_config``)."""
     if problem := remote_checkpoint_problem(directory):
         raise HfCheckpointError(problem)
     config_file = Path(directory) / "config.json"
@@ -183,7 +188,7 @@ def read_hf_config(directory: str | os.PathLike) -> tuple[ModelFamily, object]:
         ) from None
     except json.JSONDecodeError as e:
         raise HfCheckpointError(f"{config_file}: not valid JSON ({e})") from None
-    return config_from_hf(config_json)
+    return config_json
 
 
 def _sources(model: torch.nn.Module, family: ModelFamily, tied: bool) -> dict[str, tuple[str, ...]]:
@@ -205,7 +210,8 @@ def _check(
     entries: dict[str, TensorEntry],
 ) -> dict[str, tuple[str, ...]]:
     """Raises one error listing every mismatch; returns each parameter's HF sources."""
-    theirs, checkpoint_config = read_hf_config(directory)
+    config_json = _config_json(directory)
+    theirs, checkpoint_config = config_from_hf(config_json)
     if theirs is not family:
         raise HfCheckpointError(
             f"{directory} holds a {theirs.name} model ({theirs.hf_architecture}); the model "
@@ -215,7 +221,6 @@ def _check(
     problems = [
         f"config.json {d}" for d in family.architecture_differences(model.config, checkpoint_config)
     ]
-    config_json = json.loads((directory / "config.json").read_text())
     head = family.tied_weights[0]
     tied = head not in entries and bool(config_json.get("tie_word_embeddings"))
     sources = _sources(model, family, tied)

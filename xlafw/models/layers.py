@@ -90,6 +90,18 @@ class CausalLMOutput:
     metrics: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
+def init_normal(module: nn.Module, std: float) -> None:
+    """Draws one module's own weights from N(0, std); pass to ``model.apply``.
+
+    Every ``nn.Linear`` and ``nn.Embedding`` weight, and the parameters a module
+    names in ``NORMAL_INIT`` (stacked expert weights). Norm gains keep their ones.
+    """
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=std)
+    for name in getattr(module, "NORMAL_INIT", ()):
+        nn.init.normal_(getattr(module, name), mean=0.0, std=std)
+
+
 def count_targets(labels: torch.Tensor) -> torch.Tensor:
     """Tokens the loss is taken over: labels shifted by one, -100 excluded."""
     return (labels[:, 1:] != IGNORE_INDEX).sum()

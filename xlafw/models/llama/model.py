@@ -11,6 +11,7 @@ RMSNorm gains = 1, as in Hugging Face's Llama. There are no biases.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,6 +28,7 @@ from xlafw.models.layers import (
     RMSNorm,
     causal_lm_output,
     count_targets,
+    init_normal,
 )
 from xlafw.models.rope import Llama3RopeScaling, RotaryEmbedding
 
@@ -252,11 +254,7 @@ class LlamaForCausalLM(nn.Module):
         self.config = config
         self.model = LlamaModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+        self.apply(functools.partial(init_normal, std=config.initializer_range))
 
     count_targets = staticmethod(count_targets)
 

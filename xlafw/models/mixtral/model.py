@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import math
 
 import torch
@@ -49,6 +50,7 @@ from xlafw.models.layers import (
     RMSNorm,
     causal_lm_output,
     count_targets,
+    init_normal,
 )
 from xlafw.models.llama.model import LlamaConfig, LlamaModel, llama_attention
 from xlafw.models.rope import RotaryEmbedding
@@ -283,6 +285,8 @@ class MixtralExperts(nn.Module):
       w2: ``[experts, hidden, intermediate]`` down projections.
     """
 
+    NORMAL_INIT = ("w1", "w2", "w3")  # drawn by ``init_normal``, in this order
+
     def __init__(self, num_experts: int, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.w1 = nn.Parameter(torch.empty(num_experts, intermediate_size, hidden_size))
@@ -420,15 +424,7 @@ class MixtralForCausalLM(nn.Module):
         self.config = config
         self.model = MixtralModel(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, MixtralExperts):
-            for weight in (module.w1, module.w2, module.w3):
-                nn.init.normal_(weight, mean=0.0, std=std)
+        self.apply(functools.partial(init_normal, std=config.initializer_range))
 
     count_targets = staticmethod(count_targets)
 
