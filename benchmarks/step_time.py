@@ -76,7 +76,9 @@ def run_minimal(steps: int, dtype: str, device: str = "xla") -> dict:
             f"--metrics={metrics}",
         ]
         watched = _watch(cmd, env, metrics, WARMUP, steps)
-    result = json.loads(watched["output"].strip().splitlines()[-1])
+    # The loop's result: its last JSON line (stderr is merged into the output).
+    lines = watched["output"].splitlines()
+    result = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
     return {**result, "cpu_s": watched["cpu_s"]}
 
 

@@ -77,7 +77,7 @@ row of the last step when that step was not logged. Rows so fall on steps 1,
 k + 1, 2k + 1, ... and the last (xlafw's on 1, k, 2k, ...). Nothing is added to
 the step itself.
 
-Remaining differences from xlafw's llama_tiny step (none changes the shapes):
+Remaining differences from xlafw's llama_tiny step (same parameter and batch shapes):
 
 - no gradient clipping (unless ``--torchprime_clip``), no per-parameter update
   RMS clip, no logged gradient / update norms;

@@ -253,6 +253,15 @@ def test_host_reads_the_config_from_gs_and_refuses_another_hash(gcs_server):
     assert "XLA runtime" not in other.stdout + other.stderr
 
 
+def test_the_plans_advice_reaches_the_launch_notes():
+    request = PodRequest(target="v5p-256", num_slices=1, image="example/xlafw:1", workload="moe")
+    sets = ["trainer.run_dir=gs://bucket/runs/moe", "model.config.moe_kernel=gather"]
+    prepared = prepare(request, lambda: build_config("mixtral_8x7b", sets=sets))
+    assert any("moe_kernel=gather on a mesh with 128 batch-parallel" in n for n in prepared.notes)
+    einsum = prepare(request, lambda: build_config("mixtral_8x7b", sets=sets[:1]))
+    assert not any("moe_kernel" in note for note in einsum.notes)
+
+
 def test_workload_names_follow_gke_rules():
     assert checks.workload_problems("a" * 40) == []
     assert checks.workload_problems("llama8b-run1") == []

@@ -201,6 +201,9 @@ class Trainer:
         sharded = parallel_apply.shard(self.model, exp, self.rt)
         self.input_sharding = sharded.input_sharding
         stage(8, sharded.summary)
+        # The runtime's mesh: a pod's validation ran before its device count was known.
+        for advice in plan.family.mesh_advice(self.model.config, sharded.axis_sizes):
+            log.warning("%s", advice)
         if settings.init_from_hf:
             from xlafw.models.hf_io import load_hf_weights
 
@@ -639,8 +642,6 @@ def train(cfg: fdl.Config, argv: Sequence[str] = (), plan: Plan | None = None) -
     if plan is None:
         plan = validate(cfg)
     stage(2, "config validated: %s", plan.family.name)
-    for advice in plan.advice:
-        log.warning("%s", advice)
     experiment: Experiment = fdl.build(cfg)
     run_dir = experiment.run_dir
     log.info("config:\n%s", printing.as_str_flattened(cfg))

@@ -30,6 +30,7 @@ Who checks what:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -748,9 +749,12 @@ def validate(
         problems.extend(check)
     if problems:
         raise ConfigError(problems)
-    if devices.count is None:  # a TPU host before its runtime: plan for the fewest devices
+    count_known = devices.count is not None
+    if not count_known:  # a TPU host before its runtime: plan for the fewest devices
         devices = devices_for_dry_run(cfg, devices)
     plan = make_plan(cfg, devices, model)
+    if not count_known:  # advice on the stand-in mesh would be about the wrong mesh
+        plan = dataclasses.replace(plan, advice=())
     if purpose == "train":
         problems = [*_memory_checks(cfg, plan), *_host_init_checks(cfg, plan)]
         if problems:

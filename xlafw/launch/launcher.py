@@ -126,9 +126,10 @@ def prepare(request: PodRequest, build: Callable[[], fdl.Config]) -> Prepared:
         cfg = build()
     except ConfigError as e:
         raise ConfigError(problems + e.problems) from None
+    advice: tuple[str, ...] = ()
     try:
         if slice_ is not None and request.num_slices >= 1:
-            validate(cfg, target=request.target, num_slices=request.num_slices)
+            advice = validate(cfg, target=request.target, num_slices=request.num_slices).advice
         else:  # the slices are not known: check the config on its own
             validate(cfg, purpose="plan", devices=Devices("the requested slices", count=None))
     except ConfigError as e:
@@ -166,7 +167,7 @@ def prepare(request: PodRequest, build: Callable[[], fdl.Config]) -> Prepared:
         zone=request.zone,
     )
     note = checks.flat_mesh_note(cfg, request.num_slices)
-    return Prepared(cfg, digest, run_dir, workload, (note,) if note else ())
+    return Prepared(cfg, digest, run_dir, workload, ((note,) if note else ()) + advice)
 
 
 def config_json(cfg: fdl.Config) -> str:

@@ -134,7 +134,9 @@ class AdamW(torch.optim.Optimizer):
                 exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
                 exp_avg.lerp_(grad, 1 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                measured.append(exp_avg / ((exp_avg_sq * inv_c2).sqrt() + group["eps"]))
+                # float32, as the reduction sums it (free: the casts fuse into its loop)
+                v_hat = exp_avg_sq.float() * inv_c2
+                measured.append(exp_avg.float() / (v_hat.sqrt() + group["eps"]))
             # One batched reduction serves the clipping and the logged update norm of
             # every parameter: ||lr * update||^2 = lr^2 * numel * rms^2, rms after clipping.
             numels = self._numels_on_device(params)
@@ -152,8 +154,9 @@ class AdamW(torch.optim.Optimizer):
                 # merges identical expressions, and a shared update tensor is written to
                 # memory and read back by both passes. Spelled apart, the reduction and
                 # this update each compute it inside their own fused loop (llama_tiny,
-                # one device: 0.08 -> 0.06 s of optimizer per step; torch's AdamW without
-                # the norms: 0.05; benchmarks/optimizer_step.py).
+                # one device: 0.08 -> 0.06 s of optimizer per step; torch's AdamW and
+                # clip_grad_norm_, without update clipping or norm: 0.05;
+                # benchmarks/optimizer_step.py).
                 denom = state["exp_avg_sq"].sqrt() * sqrt_inv_c2 + group["eps"]
                 p.sub_(step_size.to(p.dtype) * (state["exp_avg"] / denom))
         if update_squares:

@@ -77,11 +77,13 @@ class Sharded:
       input_sharding: how batches are laid out on arrival (None on one device).
       data_shard: which part of the global batch this host reads.
       summary: the startup log line.
+      axis_sizes: the mesh's axis sizes (empty on one device).
     """
 
     input_sharding: xs.ShardingSpec | None
     data_shard: HostShard
     summary: str
+    axis_sizes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _annotate_output(mesh: xs.Mesh, spec: Spec):
@@ -140,7 +142,7 @@ def shard(model: torch.nn.Module, exp: Experiment, rt: RuntimeInfo) -> Sharded:
         f"{hooked} modules with activation sharding; inputs sharded {input_spec}, "
         f"this host reads data split {rank}/{world}"
     )
-    return Sharded(input_sharding, HostShard(rank, world), summary)
+    return Sharded(input_sharding, HostShard(rank, world), summary, axis_sizes)
 
 
 def shard_optimizer_state(

@@ -132,8 +132,8 @@ class MixtralFamily(LlamaFamily):
         if config.moe_kernel is MoeKernel.GMM and devices > 1:
             yield (
                 f"model.config.moe_kernel=gmm runs on one device only (the mesh has {devices}): "
-                "its Pallas kernel is not partitioned over a mesh. Fix: use moe_kernel=gather "
-                "with a capacity_factor for sharded runs."
+                "its Pallas kernel is not partitioned over a mesh. Fix: use moe_kernel=einsum "
+                "(partitioned over the batch) with a capacity_factor for sharded runs."
             )
 
     def mesh_advice(self, config: MixtralConfig, axis_sizes: Mapping[str, int]) -> Iterator[str]:
@@ -144,7 +144,8 @@ class MixtralFamily(LlamaFamily):
                 "XLA's partitioner does not see its gathers as batch-parallel, so every "
                 "device gathers the global batch's tokens and all-reduces their gradients. "
                 "Fix: --fdl_set=model.config.moe_kernel=einsum (its dispatch is partitioned "
-                "over the batch)."
+                "over the batch; with a capacity_factor, e.g. 1.25, its dispatch tensors do "
+                "not grow with the square of the sequence)."
             )
 
     def tpu_only(self, config: MixtralConfig) -> str | None:
