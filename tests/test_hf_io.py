@@ -19,7 +19,12 @@ import transformers
 from conftest import ROOT
 
 from xlafw.models import LlamaForCausalLM
-from xlafw.models.hf_io import HfCheckpointError, load_hf_weights, save_hf_weights
+from xlafw.models.hf_io import (
+    HfCheckpointError,
+    load_hf_weights,
+    read_hf_config,
+    save_hf_weights,
+)
 from xlafw.models.llama import FAMILY as LLAMA
 
 TINY = dict(
@@ -171,6 +176,21 @@ def test_a_directory_without_safetensors_is_named_with_its_contents(tmp_path):
     (tmp_path / "pytorch_model.bin").write_bytes(b"")
     with pytest.raises(HfCheckpointError, match=r"neither model.safetensors .*pytorch_model.bin"):
         load_hf_weights(_xla_model({**TINY}), tmp_path)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: None, "no config.json there"),
+        (lambda d: (d / "config.json").write_text("{not json"), "not valid JSON"),
+        (lambda d: (d / "config.json").write_bytes(b"\xff\xfe\x00"), "not valid JSON"),
+        (lambda d: (d / "config.json").mkdir(), "cannot be read"),
+    ],
+)
+def test_an_unreadable_config_json_is_one_checkpoint_error(tmp_path, make, message):
+    make(tmp_path)
+    with pytest.raises(HfCheckpointError, match=message):
+        read_hf_config(tmp_path)
 
 
 def test_transformers_4_config_layout_maps_like_version_5():

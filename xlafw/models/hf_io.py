@@ -186,8 +186,13 @@ def _config_json(directory: str | os.PathLike) -> dict:
             f"{directory}: no config.json there. Fix: point to a Hugging Face checkpoint "
             f"directory (config.json + *.safetensors)."
         ) from None
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise HfCheckpointError(f"{config_file}: not valid JSON ({e})") from None
+    except OSError as e:  # a directory, no permission
+        raise HfCheckpointError(
+            f"{config_file}: cannot be read ({e.strerror or e}). Fix: point to a Hugging Face "
+            f"checkpoint directory whose config.json is a readable file."
+        ) from None
     return config_json
 
 
