@@ -8,9 +8,11 @@ every other problem, as one ``ConfigError``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
+import subprocess
 
 import fiddle as fdl
 import pytest
@@ -204,11 +206,24 @@ def test_a_run_directory_that_is_a_file_is_refused(tmp_path):
     assert "checkpoint.directory" in _problems([f"checkpoint.directory={blocker}/ckpt"])
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+@contextlib.contextmanager
+def _unwritable_directory(path):
+    """A directory nobody may write: mode 0o500, and for root the immutable flag too."""
+    path.mkdir(mode=0o500)
+    if os.geteuid() != 0:  # permission bits bind everyone but root
+        yield path
+        return
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("running as root on a file system without chattr's immutable flag")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
 def test_an_unwritable_run_directory_is_refused(tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    assert "is not writable" in _problems([f"trainer.run_dir={locked}/run"])
+    with _unwritable_directory(tmp_path / "locked") as locked:
+        assert "is not writable" in _problems([f"trainer.run_dir={locked}/run"])
 
 
 def test_data_files_that_match_nothing_or_a_directory_are_refused(tmp_path):
