@@ -6,13 +6,14 @@ source and its Python dependencies live outside the repository and are put on
 
 Setup, once (about a minute; ~140 MB in ``~/.cache/xlafw``)::
 
+    git clone https://github.com/AI-Hypercomputer/torchprime ~/src/torchprime  # or a fork
     PY=$(make -s python-path)
-    $PY -m benchmarks.torchprime_step --setup
+    $PY -m benchmarks.torchprime_step --setup --git_dir ~/src/torchprime
 
-which runs, in effect::
+(``--git_dir`` defaults to ``$TORCHPRIME_GIT_DIR``), which runs, in effect::
 
     mkdir -p ~/.cache/xlafw/torchprime-src
-    git -C /work/.mirror/weirayao+torchprime/repo archive 96ac3f4 \\
+    git -C ~/src/torchprime archive 96ac3f4 \\
         | tar -x -C ~/.cache/xlafw/torchprime-src
     $PY -m pip install --no-deps --target ~/.cache/xlafw/torchprime-deps \\
         hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 \\
@@ -21,7 +22,7 @@ which runs, in effect::
         dataclasses-json==0.6.7 marshmallow==3.26.2 typing-inspect==0.9.0 \\
         mypy-extensions==1.2.0
 
-``--mirror`` and ``--commit`` choose another git directory or commit. The
+``--commit`` chooses another commit. The
 default commit, 96ac3f4 (2025-05-23, PR #248), is the last upstream
 AI-Hypercomputer/torchprime commit in the weirayao/torchprime fork's history:
 the fork's own later commits make the trainer load Hugging Face weights from
@@ -120,7 +121,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = Path("~/.cache/xlafw").expanduser()
 DEFAULT_SOURCE = CACHE / "torchprime-src"
 DEFAULT_DEPS = CACHE / "torchprime-deps"
-DEFAULT_MIRROR = Path("/work/.mirror/weirayao+torchprime/repo")
 # The last upstream (AI-Hypercomputer) commit in the fork's history.
 DEFAULT_COMMIT = "96ac3f4"
 # torchprime's training path on torch_xla 2.9, installed with --no-deps: the venv
@@ -166,16 +166,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def setup(source: Path, deps: Path, mirror: Path, commit: str) -> None:
+def setup(source: Path, deps: Path, git_dir: Path | None, commit: str) -> None:
     """Extracts torchprime's source and installs its dependencies (outside the venv)."""
     if not (source / "torchprime" / "torch_xla_models" / "train.py").exists():
+        if git_dir is None:
+            raise SystemExit(
+                "--setup needs a git clone of torchprime: pass --git_dir=PATH or set "
+                "TORCHPRIME_GIT_DIR (git clone https://github.com/AI-Hypercomputer/torchprime)."
+            )
+        git_dir = git_dir.expanduser()
         source.mkdir(parents=True, exist_ok=True)
         archive = subprocess.Popen(
-            ["git", "-C", str(mirror), "archive", commit], stdout=subprocess.PIPE
+            ["git", "-C", str(git_dir), "archive", commit], stdout=subprocess.PIPE
         )
         subprocess.run(["tar", "-x", "-C", str(source)], stdin=archive.stdout, check=True)
         if archive.wait() != 0:
-            raise RuntimeError(f"git archive {commit} failed in {mirror}")
+            raise RuntimeError(f"git archive {commit} failed in {git_dir}")
     pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(deps)]
     subprocess.run([*pip, *DEPS], check=True, cwd=tempfile.gettempdir())
     print(f"torchprime source: {source}\ntorchprime dependencies: {deps}")
@@ -399,7 +405,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setup", action="store_true", help="extract the source, install deps")
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE)
-    parser.add_argument("--mirror", type=Path, default=DEFAULT_MIRROR, help="git dir (--setup)")
+    parser.add_argument(
+        "--git_dir",
+        type=Path,
+        default=os.environ.get("TORCHPRIME_GIT_DIR"),
+        help="a git clone of torchprime, read by --setup (default: $TORCHPRIME_GIT_DIR)",
+    )
     parser.add_argument("--commit", default=DEFAULT_COMMIT, help="torchprime commit (--setup)")
     parser.add_argument("--devices", type=int, default=4)
     parser.add_argument("--steps", type=int, default=40)
@@ -416,7 +427,9 @@ def main() -> None:
     if args.child:
         child(args, [r for r in rest if r != "--"])
     elif args.setup:
-        setup(args.source.expanduser(), args.torchprime_deps.expanduser(), args.mirror, args.commit)
+        setup(
+            args.source.expanduser(), args.torchprime_deps.expanduser(), args.git_dir, args.commit
+        )
     else:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
