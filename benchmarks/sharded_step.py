@@ -140,14 +140,19 @@ def _collectives(dump: Path, exclude: frozenset[Path] = frozenset()) -> dict:
     return {"total": found.total, "bytes": found.total_bytes, "counts": found.counts}
 
 
+def _dump_env(devices: int, dump: Path) -> dict[str, str]:
+    """This environment with ``devices`` virtual CPU devices and XLA dumping modules to ``dump``."""
+    return {
+        **os.environ,
+        "CPU_NUM_DEVICES": str(devices),
+        "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text",
+    }
+
+
 def run_xlafw(experiment: str, devices: int, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir, dump = Path(tmp) / "run", Path(tmp) / "dump"
-        env = {
-            **os.environ,
-            "CPU_NUM_DEVICES": str(devices),
-            "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text",
-        }
+        env = _dump_env(devices, dump)
         cmd = [
             sys.executable,
             "-m",
@@ -171,11 +176,7 @@ def run_xlafw(experiment: str, devices: int, args) -> dict:
 def run_hand(experiment: str, devices: int, args, linear: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         metrics, dump = Path(tmp) / "metrics.jsonl", Path(tmp) / "dump"
-        env = {
-            **os.environ,
-            "CPU_NUM_DEVICES": str(devices),
-            "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text",
-        }
+        env = _dump_env(devices, dump)
         cmd = [
             sys.executable,
             "-m",

@@ -260,7 +260,7 @@ def overrides(devices: int, args, work: Path) -> list[str]:
 
 def run_torchprime(devices: int, args, source: Path) -> dict:
     """torchprime's trainer in a fresh process: the keys of ``sharded_step.run_xlafw``."""
-    from benchmarks.sharded_step import _collectives, _rows, _watch
+    from benchmarks.sharded_step import _collectives, _dump_env, _rows, _watch
     from xlafw.config import build_config
     from xlafw.data import files
     from xlafw.parallel import hlo
@@ -281,10 +281,8 @@ def run_torchprime(devices: int, args, source: Path) -> dict:
         _write_text(work / "data" / "train.txt", tokens)
         python_path = [str(source), str(deps), *filter(None, [os.environ.get("PYTHONPATH")])]
         env = {
-            **os.environ,
+            **_dump_env(devices, dump),
             "PJRT_DEVICE": os.environ.get("PJRT_DEVICE", "CPU"),
-            "CPU_NUM_DEVICES": str(devices),
-            "XLA_FLAGS": f"--xla_dump_to={dump} --xla_dump_hlo_as_text",
             "PYTHONPATH": os.pathsep.join(python_path),
             "HF_HUB_OFFLINE": "1",
             "HF_DATASETS_OFFLINE": "1",
